@@ -1,0 +1,154 @@
+//! The one-shot commands (`validate`, `check`) and logging set-up; `serve` lives in `app`.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use crate::config::{self, Config, OverallLimit, Severity};
+use crate::grpc::convert;
+use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use crate::proto::rate_limit_service_client::RateLimitServiceClient;
+use crate::proto::{RateLimitDescriptor, RateLimitRequest, rate_limit_response};
+use crate::settings::{CheckArgs, LogFormat, ValidateArgs};
+
+/// Sets up `tracing` on stderr (stdout stays for command output): level from `RUST_LOG`,
+/// default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `validate`: exit 0 when the configuration loads (warnings allowed), 1 otherwise.
+pub fn validate(args: &ValidateArgs) -> ExitCode {
+    match config::load_paths(&args.paths) {
+        Ok(loaded) => {
+            print!("{}", describe(&loaded.config));
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            eprintln!(
+                "valid: {} file(s), {} warning(s), sha256 {}",
+                loaded.files.len(),
+                loaded.warnings.len(),
+                loaded.sha256
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for d in &e.diagnostics {
+                eprintln!("{d}");
+            }
+            let errors = e
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            eprintln!("invalid: {errors} error(s)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The effective rules, one line per counter kind, defaults applied.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    for d in &config.domains {
+        let _ = writeln!(out, "domain {}", d.domain);
+        for ep in &d.endpoints {
+            let overall = match ep.overall_limit {
+                OverallLimit::None => "none".to_owned(),
+                OverallLimit::RejectAll => "0 (every request is rejected)".to_owned(),
+                OverallLimit::Limit(n) => format!("{n}/{}", ep.unit),
+            };
+            let _ = write!(
+                out,
+                "  endpoint {} ({}): overall {overall}",
+                ep.shortname, ep.name
+            );
+            if ep.shadow_mode {
+                out.push_str(", shadow mode");
+            }
+            if let Some(s) = ep.soft {
+                let _ = write!(out, ", soft from {} every {}", s.value, s.step);
+            }
+            out.push('\n');
+            for p in &ep.uri_prefixes {
+                let anon = p.anon_value.map_or_else(
+                    || "unlimited".to_owned(),
+                    |a| format!("{a}/{} shared", p.unit),
+                );
+                let _ = writeln!(
+                    out,
+                    "    prefix {}: each consumer {}/{}, anonymous {anon}",
+                    p.prefix, p.value, p.unit
+                );
+                for i in &p.invokers {
+                    let _ = writeln!(out, "      client {}: {}/{}", i.client, i.value, i.unit);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `check`: one ShouldRateLimit call; exit 0 for OK, 2 for OVER_LIMIT, 1 on error.
+pub async fn check(args: &CheckArgs) -> ExitCode {
+    match check_call(args).await {
+        Ok(resp) => {
+            let json = convert::response_to_json(&resp);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_else(|_| json.to_string())
+            );
+            if resp.overall_code == rate_limit_response::Code::OverLimit as i32 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check_call(args: &CheckArgs) -> anyhow::Result<crate::proto::RateLimitResponse> {
+    let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
+        .map_err(|e| anyhow::anyhow!("invalid --addr {:?}: {e}", args.addr))?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.addr))?;
+    let request = RateLimitRequest {
+        domain: args.domain.clone(),
+        descriptors: args
+            .descriptors
+            .iter()
+            .map(|pairs| RateLimitDescriptor {
+                entries: pairs
+                    .iter()
+                    .map(|(k, v)| Entry {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                ..RateLimitDescriptor::default()
+            })
+            .collect(),
+        hits_addend: args.hits,
+    };
+    let resp = RateLimitServiceClient::new(channel)
+        .should_rate_limit(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+    Ok(resp.into_inner())
+}

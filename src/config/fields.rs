@@ -1,0 +1,245 @@
+//! Typed, position-aware reads of YAML mappings for the format validators: every read that
+//! fails records a diagnostic with the field path and carries on, so one pass reports all.
+
+use super::diag::{Diagnostics, Pos, did_you_mean};
+use super::model::Unit;
+use super::yaml::{Node, Value};
+
+/// The file being checked and the diagnostics found so far.
+pub struct Ctx<'a> {
+    /// The file name used in diagnostics.
+    pub file: &'a str,
+    /// Everything found so far.
+    pub diags: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    /// Records an error at a node.
+    pub fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.diags.error(self.file, Some(pos), path, message);
+    }
+
+    /// Records a warning at a node.
+    pub fn warning(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.diags.warning(self.file, Some(pos), path, message);
+    }
+}
+
+/// A mapping being read: its entries, its field path and where it starts.
+pub struct Fields<'n> {
+    entries: &'n [(Node, Node)],
+    /// Field path of the mapping itself.
+    pub path: String,
+    /// Position of the mapping.
+    pub pos: Pos,
+}
+
+impl<'n> Fields<'n> {
+    /// Reads `node` as a mapping whose keys must all be in `known`; unknown or non-string keys
+    /// are errors (with a "did you mean" hint). `None` (and an error) when it is not a mapping.
+    pub fn new(cx: &mut Ctx<'_>, node: &'n Node, path: String, known: &[&str]) -> Option<Self> {
+        let Some(entries) = node.as_map() else {
+            cx.error(
+                node.pos,
+                &path,
+                format!("expected a mapping, found {}", node.value.kind()),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            match k.as_str() {
+                Some(name) if known.contains(&name) => {}
+                Some(name) => {
+                    let hint = did_you_mean(name, known)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    cx.error(
+                        k.pos,
+                        &join(&path, name),
+                        format!(
+                            "unknown field `{name}`{hint} (known fields: {})",
+                            known.join(", ")
+                        ),
+                    );
+                }
+                None => cx.error(
+                    k.pos,
+                    &path,
+                    format!("expected a string key, found {}", k.value.kind()),
+                ),
+            }
+        }
+        Some(Fields {
+            entries,
+            path,
+            pos: node.pos,
+        })
+    }
+
+    /// The node under `key`, if present (an explicit `null` counts as absent, as in YAML
+    /// `value:` with nothing after it).
+    pub fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+            .filter(|v| v.value != Value::Null)
+    }
+
+    /// The field path of `key` inside this mapping.
+    pub fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// A required non-empty string.
+    pub fn req_str(&self, cx: &mut Ctx<'_>, key: &str) -> Option<String> {
+        if self.get(key).is_none() {
+            cx.error(self.pos, &self.path_of(key), "required field is missing");
+            return None;
+        }
+        self.opt_str(cx, key)
+    }
+
+    /// An optional non-empty string. Numbers are refused rather than converted, because YAML
+    /// would already have turned `007` into 7: quoting keeps client ids exact.
+    pub fn opt_str(&self, cx: &mut Ctx<'_>, key: &str) -> Option<String> {
+        let node = self.get(key)?;
+        match &node.value {
+            Value::Str(s) if s.is_empty() => {
+                cx.error(node.pos, &self.path_of(key), "must not be empty");
+                None
+            }
+            Value::Str(s) => Some(s.clone()),
+            other => {
+                let hint = if matches!(other, Value::Int(_) | Value::Float(_) | Value::Bool(_)) {
+                    "; quote it to use it as text"
+                } else {
+                    ""
+                };
+                cx.error(
+                    node.pos,
+                    &self.path_of(key),
+                    format!("expected a string, found {}{hint}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional integer within `[min, max]`.
+    pub fn opt_int(&self, cx: &mut Ctx<'_>, key: &str, min: i128, max: i128) -> Option<i128> {
+        let node = self.get(key)?;
+        match node.value {
+            Value::Int(v) if v < min => {
+                cx.error(
+                    node.pos,
+                    &self.path_of(key),
+                    format!("must be at least {min}, found {v}"),
+                );
+                None
+            }
+            Value::Int(v) if v > max => {
+                cx.error(
+                    node.pos,
+                    &self.path_of(key),
+                    format!("must be at most {max}, found {v}"),
+                );
+                None
+            }
+            Value::Int(v) => Some(v),
+            ref other => {
+                cx.error(
+                    node.pos,
+                    &self.path_of(key),
+                    format!("expected an integer, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional limit: an integer from 0 to `u32::MAX` (Envoy's `requests_per_unit` is a
+    /// uint32, so a bigger number could never be answered faithfully).
+    pub fn opt_limit(&self, cx: &mut Ctx<'_>, key: &str) -> Option<u32> {
+        self.opt_int(cx, key, 0, u32::MAX.into())
+            .and_then(|v| u32::try_from(v).ok())
+    }
+
+    /// An optional boolean.
+    pub fn opt_bool(&self, cx: &mut Ctx<'_>, key: &str) -> Option<bool> {
+        let node = self.get(key)?;
+        match node.value {
+            Value::Bool(b) => Some(b),
+            ref other => {
+                cx.error(
+                    node.pos,
+                    &self.path_of(key),
+                    format!("expected true or false, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional unit name, any case.
+    pub fn opt_unit(&self, cx: &mut Ctx<'_>, key: &str) -> Option<Unit> {
+        let node = self.get(key)?;
+        let text = self.opt_str(cx, key)?;
+        if let Some(unit) = Unit::parse(&text) {
+            return Some(unit);
+        }
+        let names: Vec<&str> = Unit::ALL.iter().map(|u| u.as_str()).collect();
+        let hint = did_you_mean(&text, &names)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        cx.error(
+            node.pos,
+            &self.path_of(key),
+            format!(
+                "unknown unit \"{text}\"; expected one of {}{hint}",
+                names.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// An optional list; each item is handed to `item` with its index path.
+    pub fn opt_list(&self, cx: &mut Ctx<'_>, key: &str) -> Option<Vec<(String, &'n Node)>> {
+        let node = self.get(key)?;
+        list_items(cx, node, &self.path_of(key))
+    }
+}
+
+/// The items of a sequence node, each with its field path; an error if it is not a list.
+pub fn list_items<'n>(
+    cx: &mut Ctx<'_>,
+    node: &'n Node,
+    path: &str,
+) -> Option<Vec<(String, &'n Node)>> {
+    match &node.value {
+        Value::Seq(items) => Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("{path}[{i}]"), n))
+                .collect(),
+        ),
+        other => {
+            cx.error(
+                node.pos,
+                path,
+                format!("expected a list, found {}", other.kind()),
+            );
+            None
+        }
+    }
+}
+
+/// `parent.key`, or `key` at the top.
+pub fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}

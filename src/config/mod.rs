@@ -1,0 +1,266 @@
+//! Limits files → a validated [`Config`].
+//!
+//! Owns: finding the files under each `--config` path, parsing YAML with positions, the
+//! endpoint format's fields and defaults, merging files, and reporting every problem with
+//! file:line:column and field path. Must not depend on tonic, prost, redis, notify, HTTP
+//! crates or `std::env`: it is pure apart from reading the files it is pointed at.
+
+pub mod diag;
+pub mod endpoint;
+pub mod fields;
+pub mod model;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
+pub use model::{
+    Config, Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
+};
+
+use fields::Ctx;
+
+/// One limits file's name and text.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The name used in diagnostics (the path as found).
+    pub name: String,
+    /// The file's contents.
+    pub text: String,
+}
+
+/// A configuration that loaded, with what `validate` shows and `/config` reports.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The rules.
+    pub config: Config,
+    /// Warnings (the configuration is valid).
+    pub warnings: Vec<Diagnostic>,
+    /// The files it came from, in load order.
+    pub files: Vec<String>,
+    /// SHA-256 over every file's name and contents, hex.
+    pub sha256: String,
+}
+
+/// A configuration that did not load: every error (and every warning) found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct LoadError {
+    /// Errors and warnings, in the order found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errors: Vec<&Diagnostic> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
+        write!(f, "invalid configuration ({} error(s))", errors.len())?;
+        for d in errors {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Diagnostics> for LoadError {
+    fn from(d: Diagnostics) -> Self {
+        LoadError {
+            diagnostics: d.into_vec(),
+        }
+    }
+}
+
+/// Finds and loads every limits file under `paths` (files, or directories whose `*.yaml` /
+/// `*.yml` files are read in name order, dot-files skipped: a Kubernetes ConfigMap mount keeps
+/// its real files under `..data`, reached through the top-level symlinks).
+pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
+    let mut diags = Diagnostics::default();
+    let mut sources = Vec::new();
+    for path in paths {
+        for file in discover(path, &mut diags) {
+            let name = file.display().to_string();
+            match read_limited(&file) {
+                Ok(text) => sources.push(Source { name, text }),
+                Err(e) => diags.error(&name, None, "", format!("cannot read: {e}")),
+            }
+        }
+    }
+    if diags.has_errors() {
+        return Err(diags.into());
+    }
+    load_sources(&sources)
+}
+
+fn read_limited(file: &Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(file)?.len();
+    if len > yaml::MAX_FILE_BYTES as u64 {
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes, more than the {} allowed",
+            yaml::MAX_FILE_BYTES
+        )));
+    }
+    std::fs::read_to_string(file)
+}
+
+fn discover(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let name = path.display().to_string();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            diags.error(&name, None, "", format!("cannot open: {e}"));
+            return Vec::new();
+        }
+    };
+    if !meta.is_dir() {
+        return vec![path.to_owned()];
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.error(&name, None, "", format!("cannot list directory: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let file_name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            let yaml = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml");
+            yaml && !file_name.starts_with('.') && p.is_file()
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        diags.error(&name, None, "", "directory holds no *.yaml or *.yml file");
+    }
+    files
+}
+
+/// Loads already-read sources: parse, validate, merge. Pure; the tests' entry point.
+pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
+    let mut diags = Diagnostics::default();
+    let mut domains: Vec<EndpointDomain> = Vec::new();
+    let mut hasher = Sha256::new();
+    for src in sources {
+        hasher.update((src.name.len() as u64).to_be_bytes());
+        hasher.update(src.name.as_bytes());
+        hasher.update((src.text.len() as u64).to_be_bytes());
+        hasher.update(src.text.as_bytes());
+        if let Some(d) = parse_source(src, &mut diags) {
+            merge_domain(&mut domains, d);
+        }
+    }
+    check_unique_shortnames(&domains, &mut diags);
+    if diags.has_errors() {
+        return Err(diags.into());
+    }
+    Ok(Loaded {
+        config: Config { domains },
+        warnings: diags.into_vec(),
+        files: sources.iter().map(|s| s.name.clone()).collect(),
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Tells the formats apart by their top-level keys and reads the file.
+fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<EndpointDomain> {
+    if src.text.trim().is_empty() {
+        // An editor's truncate-then-write must not drop every limit for a moment.
+        diags.error(&src.name, None, "", "file is empty");
+        return None;
+    }
+    let root = match yaml::parse(&src.text) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.error(&src.name, e.pos, "", format!("invalid YAML: {}", e.message));
+            return None;
+        }
+    };
+    let mut cx = Ctx {
+        file: &src.name,
+        diags,
+    };
+    let Some(map) = root.as_map() else {
+        cx.error(
+            root.pos,
+            "",
+            format!(
+                "expected a mapping at the top of the file, found {}",
+                root.value.kind()
+            ),
+        );
+        return None;
+    };
+    if let Some(block) = root.get(endpoint::ROOT_KEY) {
+        return endpoint::parse_block(&mut cx, block);
+    }
+    if root.get("descriptors").is_some() || root.get("domain").is_some() {
+        cx.error(
+            root.pos,
+            "",
+            "this is the envoyproxy/ratelimit format (`domain` + `descriptors`), which this build does not load yet; use the endpoint format (`kcse_rate_limits`)",
+        );
+        return None;
+    }
+    let keys: Vec<&str> = map.iter().filter_map(|(k, _)| k.as_str()).collect();
+    let near = keys
+        .iter()
+        .find(|k| diag::did_you_mean(k, &[endpoint::ROOT_KEY]).is_some())
+        .map(|k| format!("; `{k}` looks like a misspelling"))
+        .unwrap_or_default();
+    cx.error(
+        root.pos,
+        "",
+        format!("no `{}` block found{near}", endpoint::ROOT_KEY),
+    );
+    None
+}
+
+fn merge_domain(domains: &mut Vec<EndpointDomain>, d: EndpointDomain) {
+    match domains.iter_mut().find(|x| x.domain == d.domain) {
+        Some(existing) => {
+            existing.endpoints.extend(d.endpoints);
+            if existing.envoy_version.is_none() {
+                existing.envoy_version = d.envoy_version;
+            }
+        }
+        None => domains.push(d),
+    }
+}
+
+fn check_unique_shortnames(domains: &[EndpointDomain], diags: &mut Diagnostics) {
+    // Unique across all loaded files and domains: it is what Envoy sends and what `render`
+    // names clusters after, so two endpoints sharing it would silently share limits.
+    let mut seen: HashMap<&str, &Origin> = HashMap::new();
+    for ep in domains.iter().flat_map(|d| &d.endpoints) {
+        if let Some(first) = seen.get(ep.shortname.as_str()) {
+            diags.error(
+                &ep.origin.file,
+                Some(Pos {
+                    line: ep.origin.line,
+                    column: 1,
+                }),
+                "shortname",
+                format!(
+                    "duplicate shortname \"{}\" (first defined at {}:{})",
+                    ep.shortname, first.file, first.line
+                ),
+            );
+        } else {
+            seen.insert(&ep.shortname, &ep.origin);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

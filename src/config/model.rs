@@ -1,0 +1,175 @@
+//! The validated configuration: what the files say, with every default applied and every
+//! rule checked. Compiled into lookup structures by `crate::descriptor`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A window unit. `month` is 30 days and `year` 365 days, as envoyproxy/ratelimit counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// 1 s.
+    Second,
+    /// 60 s.
+    Minute,
+    /// 3600 s.
+    Hour,
+    /// 86 400 s.
+    Day,
+    /// 7 days.
+    Week,
+    /// 30 days.
+    Month,
+    /// 365 days.
+    Year,
+}
+
+impl Unit {
+    /// Every unit, in the order messages list them.
+    pub const ALL: [Unit; 7] = [
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+        Unit::Month,
+        Unit::Year,
+    ];
+
+    /// The unit's length in seconds.
+    pub fn seconds(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3_600,
+            Unit::Day => 86_400,
+            Unit::Week => 7 * 86_400,
+            Unit::Month => 30 * 86_400,
+            Unit::Year => 365 * 86_400,
+        }
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    /// Parses a unit, case-insensitively.
+    pub fn parse(s: &str) -> Option<Unit> {
+        Unit::ALL
+            .into_iter()
+            .find(|u| u.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a rule was written, so runtime messages can point back at the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The file.
+    pub file: String,
+    /// The line of the rule's first key.
+    pub line: u64,
+}
+
+/// Everything loaded from every file given to `--config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Config {
+    /// Endpoint-format domains, each once (files naming the same domain are merged).
+    pub domains: Vec<EndpointDomain>,
+}
+
+/// The endpoints of one RLS domain (endpoint format).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointDomain {
+    /// The domain Envoy sends (default `kcse`).
+    pub domain: String,
+    /// `envoyVersion`, used only to pick gateway config syntax.
+    pub envoy_version: Option<String>,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `overall_limit`, decoded: the seed gives the sign of the number three meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverallLimit {
+    /// Negative (the default): no overall counter.
+    None,
+    /// Zero: every request to the endpoint is rejected, nothing is counted.
+    RejectAll,
+    /// Positive: one counter shared by every request to the endpoint.
+    Limit(u32),
+}
+
+/// `soft`: thresholds whose crossings are counted in a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Soft {
+    /// The first threshold.
+    pub value: u64,
+    /// The distance between thresholds (> 0).
+    pub step: u64,
+}
+
+/// One protected service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    /// Free text.
+    pub name: String,
+    /// The value Envoy sends in the `endpoint` entry; unique across the configuration.
+    pub shortname: String,
+    /// `host:port` of the protected service (for `render`).
+    pub endpoint: Option<String>,
+    /// The overall limit.
+    pub overall_limit: OverallLimit,
+    /// Unit of the overall limit and default of the prefixes.
+    pub unit: Unit,
+    /// Soft thresholds.
+    pub soft: Option<Soft>,
+    /// Decide and count, but always answer OK.
+    pub shadow_mode: bool,
+    /// The limited URL prefixes, in file order.
+    pub uri_prefixes: Vec<UriPrefix>,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// Limits under one URL prefix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UriPrefix {
+    /// The prefix, normalised like request paths are.
+    pub prefix: String,
+    /// Window unit.
+    pub unit: Unit,
+    /// Quota per identified consumer.
+    pub value: u32,
+    /// Quota shared by all anonymous requests; `None`: anonymous requests are not limited here.
+    pub anon_value: Option<u32>,
+    /// Per-client overrides.
+    pub invokers: Vec<Invoker>,
+}
+
+/// A client with a quota of its own under a prefix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Invoker {
+    /// The client id (`azp`), compared exactly.
+    pub client: String,
+    /// Window unit.
+    pub unit: Unit,
+    /// Quota.
+    pub value: u32,
+}

@@ -1,0 +1,265 @@
+//! Loader tests: the seed's examples, every default, and error reporting.
+
+use super::*;
+
+fn src(name: &str, text: &str) -> Source {
+    Source {
+        name: name.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+fn load_one(text: &str) -> Result<Loaded, LoadError> {
+    load_sources(&[src("t.yaml", text)])
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load_one(text)
+        .expect_err("expected the file to be rejected")
+        .diagnostics
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.to_string())
+        .collect()
+}
+
+fn example(rel: &str) -> Source {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/limits/");
+    src(
+        rel,
+        &std::fs::read_to_string(format!("{path}{rel}")).unwrap(),
+    )
+}
+
+#[test]
+fn every_seed_example_loads_unchanged() {
+    for rel in [
+        "seed/2.1-per-service.yaml",
+        "seed/2.2-per-service-with-client.yaml",
+        "seed/2.3-per-client.yaml",
+        "full-example.yaml",
+    ] {
+        let loaded = load_sources(&[example(rel)]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(loaded.config.domains.len(), 1, "{rel}");
+        assert_eq!(loaded.config.domains[0].domain, "kcse");
+    }
+}
+
+#[test]
+fn full_example_defaults_and_values() {
+    let loaded = load_sources(&[example("full-example.yaml")]).unwrap();
+    let ep = &loaded.config.domains[0].endpoints[0];
+    assert_eq!(ep.shortname, "kcserl");
+    assert_eq!(ep.overall_limit, OverallLimit::Limit(1_000_000));
+    assert_eq!(ep.unit, Unit::Minute);
+    let p = &ep.uri_prefixes;
+    assert_eq!(p.len(), 4);
+    assert_eq!(p[0].prefix, "/auth");
+    assert_eq!(p[0].anon_value, None);
+    assert_eq!(p[0].invokers[0].value, 10);
+    assert_eq!(p[1].invokers[0].client, "test_client");
+    assert_eq!(p[1].invokers[0].value, 20);
+    // The token endpoint has no `value`: identified consumers get the documented default, 1.
+    assert_eq!(p[2].value, 1);
+    assert_eq!(p[2].anon_value, Some(10));
+    // `/auth/resources/` has no unit: it inherits the endpoint's, which defaults to minute.
+    assert_eq!(p[3].unit, Unit::Minute);
+    assert_eq!(p[3].anon_value, Some(2_000_000));
+    // The invoker's `anon_value` loads, with a warning that it has no effect.
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.path.ends_with("invokers[0].anon_value") && w.message.contains("no effect")),
+        "{:#?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn overall_limit_sign_decides_its_meaning() {
+    let with = |v: &str| {
+        let text = format!(
+            "kcse_rate_limits:\n  endpoints:\n    - name: n\n      shortname: s\n      overall_limit: {v}\n"
+        );
+        load_one(&text).unwrap().config.domains[0].endpoints[0].overall_limit
+    };
+    assert_eq!(with("-1"), OverallLimit::None);
+    assert_eq!(with("-100"), OverallLimit::None);
+    assert_eq!(with("0"), OverallLimit::RejectAll);
+    assert_eq!(with("3"), OverallLimit::Limit(3));
+}
+
+#[test]
+fn inheritance_of_units_and_values() {
+    let text = "kcse_rate_limits:
+  domain: other
+  endpoints:
+    - name: n
+      shortname: s
+      unit: HOUR
+      url_prefixes:
+        - prefix: /a
+          value: 7
+          anon_value: 3
+          invokers:
+            - client: c1
+            - client: c2
+              unit: second
+              value: 2
+";
+    let loaded = load_one(text).unwrap();
+    let d = &loaded.config.domains[0];
+    assert_eq!(d.domain, "other");
+    let p = &d.endpoints[0].uri_prefixes[0];
+    assert_eq!(p.unit, Unit::Hour);
+    assert_eq!((p.invokers[0].unit, p.invokers[0].value), (Unit::Hour, 7));
+    assert_eq!((p.invokers[1].unit, p.invokers[1].value), (Unit::Second, 2));
+}
+
+#[test]
+fn errors_carry_file_line_column_and_field_path() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      uri_prefixes:
+        - prefix: /a
+          unit: minute
+        - prefix: /b
+        - prefix: /c
+          unit: minutes
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        errs[0],
+        "t.yaml:10:17: error: kcse_rate_limits.endpoints[0].uri_prefixes[2].unit: unknown unit \"minutes\"; \
+         expected one of second, minute, hour, day, week, month, year; did you mean `minute`?"
+    );
+}
+
+#[test]
+fn every_error_is_listed_at_once() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      overal_limit: 5
+      uri_prefixes:
+        - prefix: a
+          value: -1
+        - prefix: /b
+          anon_value: \"ten\"
+          invokers:
+            - client: x
+            - client: x
+    - shortname: s
+";
+    let errs = errors(text);
+    let joined = errs.join("\n");
+    for needle in [
+        "t.yaml:5:7: error: kcse_rate_limits.endpoints[0].overal_limit: unknown field `overal_limit`; did you mean `overall_limit`?",
+        "uri_prefixes[0].prefix: must start with `/`",
+        "uri_prefixes[0].value: must be at least 0, found -1",
+        "uri_prefixes[1].anon_value: expected an integer, found a string",
+        "uri_prefixes[1].invokers[1].client: duplicate client \"x\"",
+        "endpoints[1].name: required field is missing",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in\n{joined}");
+    }
+}
+
+#[test]
+fn duplicates_named_unique_are_errors() {
+    let dup_prefix = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      uri_prefixes:
+        - prefix: /a/
+        - prefix: /a//
+";
+    let errs = errors(dup_prefix).join("\n");
+    assert!(errs.contains("duplicate prefix \"/a/\""), "{errs}");
+
+    let one = "kcse_rate_limits:\n  endpoints:\n    - name: a\n      shortname: same\n";
+    let two =
+        "kcse_rate_limits:\n  domain: other\n  endpoints:\n    - name: b\n      shortname: same\n";
+    let err = load_sources(&[src("one.yaml", one), src("two.yaml", two)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("two.yaml:4:1: error: shortname: duplicate shortname \"same\" (first defined at one.yaml:3)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_and_foreign_files_are_rejected() {
+    assert!(errors("")[0].contains("file is empty"));
+    assert!(errors("   \n# only a comment?\n").len() == 1 || load_one("   \n").is_err());
+    let errs = errors("kcse_rate_limit:\n  endpoints: []\n").join("\n");
+    assert!(errs.contains("looks like a misspelling"), "{errs}");
+    let errs = errors("domain: x\ndescriptors: []\n").join("\n");
+    assert!(errs.contains("envoyproxy/ratelimit format"), "{errs}");
+    let errs = errors("kcse_rate_limits: [1, 2\n").join("\n");
+    assert!(errs.starts_with("t.yaml:"), "{errs}");
+    assert!(errs.contains("invalid YAML"), "{errs}");
+}
+
+#[test]
+fn other_top_level_keys_are_ignored() {
+    let text = "some_other_property: 1\nkcse_rate_limits:\n  endpoints:\n    - name: n\n      shortname: s\n";
+    assert!(load_one(text).is_ok());
+}
+
+#[test]
+fn surprising_defaults_warn() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shorname: s
+      soft: { value: 8, step: 2 }
+      uri_prefixes:
+        - prefix: /x
+        - prefix: /y/./z
+          value: 100
+          anon_value: 5
+";
+    let loaded = load_one(text).unwrap();
+    let w: Vec<String> = loaded.warnings.iter().map(|d| d.to_string()).collect();
+    let joined = w.join("\n");
+    for needle in [
+        "`shorname` is accepted as an alias",
+        "uri_prefixes[0].value: no `value`",
+        "uri_prefixes[0].anon_value: no `anon_value`",
+        "soft.value 8 is at or above the limit it watches (value 1)",
+        "soft.value 8 is at or above the limit it watches (anon_value 5)",
+        "\"/y/./z\" is matched as \"/y/z\"",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in\n{joined}");
+    }
+    assert_eq!(loaded.config.domains[0].endpoints[0].shortname, "s");
+}
+
+#[test]
+fn numbers_are_not_silently_taken_as_names() {
+    let text = "kcse_rate_limits:\n  endpoints:\n    - name: n\n      shortname: 42\n";
+    let errs = errors(text).join("\n");
+    assert!(errs.contains("quote it"), "{errs}");
+}
+
+#[test]
+fn limits_beyond_uint32_are_rejected() {
+    let text = "kcse_rate_limits:\n  endpoints:\n    - name: n\n      shortname: s\n      uri_prefixes:\n        - prefix: /a\n          value: 4294967296\n";
+    let errs = errors(text).join("\n");
+    assert!(errs.contains("must be at most 4294967295"), "{errs}");
+}
+
+#[test]
+fn sha_changes_with_content() {
+    let a = load_one("kcse_rate_limits:\n  endpoints: []\n").unwrap();
+    let b = load_one("kcse_rate_limits:\n  endpoints: []\n# changed\n").unwrap();
+    assert_ne!(a.sha256, b.sha256);
+    assert_eq!(a.sha256.len(), 64);
+}

@@ -1,0 +1,188 @@
+//! Counter identity. A counter key names *what* is counted (domain, endpoint, prefix,
+//! consumer), never the limit, so counters survive a reload that changes a limit.
+//!
+//! Format (documented in the README, relied on by the Redis store):
+//!
+//! ```text
+//! {<domain>:<endpoint>}:o                          overall counter of an endpoint
+//! {<domain>:<endpoint>}:p:<prefix>:c:<consumer>    one consumer under a prefix
+//! {<domain>:<endpoint>}:p:<prefix>:a               all anonymous requests under a prefix
+//! ```
+//!
+//! Every component is escaped (`%` → `%25`, `:` → `%3A`, `{` → `%7B`, `}` → `%7D`), so the
+//! separators cannot occur inside a component and the encoding is injective: two different
+//! counters never share a key (envoyproxy/ratelimit joins with a bare `_`, so `(a_b, c)` and
+//! `(a, b_c)` collide there). The braces are a Redis Cluster hash tag: all counters of one
+//! endpoint land on one slot, so one script sees them all.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An encoded, collision-free counter key (without the store's prefix or window).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey(Arc<str>);
+
+/// What a counter counts, before encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CounterScope<'a> {
+    /// Every request to the endpoint.
+    Overall,
+    /// One identified consumer under a prefix.
+    Consumer {
+        /// The configured prefix.
+        prefix: &'a str,
+        /// The client id.
+        consumer: &'a str,
+    },
+    /// All anonymous requests under a prefix.
+    Anonymous {
+        /// The configured prefix.
+        prefix: &'a str,
+    },
+}
+
+impl CounterKey {
+    /// Encodes a counter's identity.
+    pub fn new(domain: &str, endpoint: &str, scope: &CounterScope<'_>) -> Self {
+        let mut s = String::with_capacity(domain.len() + endpoint.len() + 32);
+        s.push('{');
+        escape_into(domain, &mut s);
+        s.push(':');
+        escape_into(endpoint, &mut s);
+        s.push('}');
+        match scope {
+            CounterScope::Overall => s.push_str(":o"),
+            CounterScope::Consumer { prefix, consumer } => {
+                s.push_str(":p:");
+                escape_into(prefix, &mut s);
+                s.push_str(":c:");
+                escape_into(consumer, &mut s);
+            }
+            CounterScope::Anonymous { prefix } => {
+                s.push_str(":p:");
+                escape_into(prefix, &mut s);
+                s.push_str(":a");
+            }
+        }
+        CounterKey(s.into())
+    }
+
+    /// The encoded key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn escape_into(component: &str, out: &mut String) {
+    for ch in component.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn underscore_joins_do_not_collide() {
+        let a = CounterKey::new("d", "a_b", &CounterScope::Anonymous { prefix: "c" });
+        let b = CounterKey::new("d", "a", &CounterScope::Anonymous { prefix: "b_c" });
+        assert_ne!(a, b);
+        let a = CounterKey::new(
+            "d",
+            "e",
+            &CounterScope::Consumer {
+                prefix: "/p:c:x",
+                consumer: "y",
+            },
+        );
+        let b = CounterKey::new(
+            "d",
+            "e",
+            &CounterScope::Consumer {
+                prefix: "/p",
+                consumer: "x:c:y",
+            },
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hash_tag_is_domain_and_endpoint() {
+        let k = CounterKey::new("kcse", "ep}{", &CounterScope::Overall);
+        assert_eq!(k.as_str(), "{kcse:ep%7D%7B}:o");
+    }
+
+    fn scope() -> impl Strategy<Value = (u8, String, String)> {
+        (0u8..3, "[a:_%{}b]{0,4}", "[a:_%{}b]{0,4}")
+    }
+
+    fn build(domain: &str, endpoint: &str, (kind, p, c): &(u8, String, String)) -> CounterKey {
+        let scope = match kind {
+            0 => CounterScope::Overall,
+            1 => CounterScope::Consumer {
+                prefix: p,
+                consumer: c,
+            },
+            _ => CounterScope::Anonymous { prefix: p },
+        };
+        CounterKey::new(domain, endpoint, &scope)
+    }
+
+    fn canonical(
+        domain: &str,
+        endpoint: &str,
+        (kind, p, c): &(u8, String, String),
+    ) -> (String, String, u8, String, String) {
+        // Fields that a scope does not use must not distinguish identities.
+        match kind {
+            0 => (
+                domain.into(),
+                endpoint.into(),
+                0,
+                String::new(),
+                String::new(),
+            ),
+            1 => (domain.into(), endpoint.into(), 1, p.clone(), c.clone()),
+            _ => (domain.into(), endpoint.into(), 2, p.clone(), String::new()),
+        }
+    }
+
+    const OPEN: char = '{';
+    const CLOSE: char = '}';
+
+    proptest! {
+        /// Equal keys if and only if equal identities.
+        #[test]
+        fn encoding_is_injective(
+            d1 in "[a:_%{}]{0,3}", e1 in "[a:_%{}]{0,3}", s1 in scope(),
+            d2 in "[a:_%{}]{0,3}", e2 in "[a:_%{}]{0,3}", s2 in scope(),
+        ) {
+            let same_identity = canonical(&d1, &e1, &s1) == canonical(&d2, &e2, &s2);
+            prop_assert_eq!(build(&d1, &e1, &s1) == build(&d2, &e2, &s2), same_identity);
+        }
+
+        /// The hash tag is always the first `{...}` and holds exactly domain and endpoint.
+        #[test]
+        fn hash_tag_is_well_formed(d in ".{0,4}", e in ".{0,4}", s in scope()) {
+            let key = build(&d, &e, &s);
+            let k = key.as_str();
+            let close = k.find(CLOSE).unwrap();
+            prop_assert_eq!(k.chars().next(), Some(OPEN));
+            prop_assert_eq!(k[1..close].matches(':').count(), 1);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Request path normalisation, so that `/auth//admin/realms/%41PI-TEST/` cannot escape the
+//! limit on `/auth/admin/realms/API-TEST/` (limits-format.md §3).
+
+/// Normalises a request path (Envoy's `:path`) for prefix matching:
+/// the query string and fragment are cut off, percent-encoded *unreserved* characters are
+/// decoded (other escapes keep their meaning, with hex digits upper-cased so `%2f` and `%2F`
+/// compare equal), runs of `/` are merged, and `.` / `..` segments are resolved (never above
+/// the root). The result always starts with `/`; a trailing `/` is kept.
+pub fn normalize_path(raw: &str) -> String {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let decoded = decode_unreserved(&raw[..end]);
+
+    // Dot segments are resolved after decoding, so `%2e%2e` counts as `..`.
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+    // A path that ends in `/`, `/.` or `/..` names a directory: keep the trailing slash.
+    let trailing = decoded.ends_with('/')
+        || parts
+            .last()
+            .is_some_and(|last| *last == "." || *last == "..");
+    for part in parts {
+        match part {
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+fn decode_unreserved(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+                let b = h * 16 + l;
+                if is_unreserved(b) {
+                    out.push(b as char);
+                } else {
+                    out.push('%');
+                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Copy one UTF-8 character (paths on the wire are ASCII, but a value is any string).
+        let ch_len = s[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&s[i..i + ch_len]);
+        i += ch_len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn examples() {
+        let cases = [
+            (
+                "/auth//admin/realms/%41PI-TEST/",
+                "/auth/admin/realms/API-TEST/",
+            ),
+            (
+                "/auth/admin/realms/API-TEST/users?x=1",
+                "/auth/admin/realms/API-TEST/users",
+            ),
+            ("/a/b#frag", "/a/b"),
+            ("/a/./b/../c", "/a/c"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/../../etc", "/etc"),
+            ("/a/..", "/"),
+            ("/a/b/.", "/a/b/"),
+            ("", "/"),
+            ("/", "/"),
+            ("auth/x", "/auth/x"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/%7Euser", "/~user"),
+            ("/bad%zzescape%4", "/bad%zzescape%4"),
+            ("/ünïcode//x", "/ünïcode/x"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw), want, "normalize_path({raw:?})");
+        }
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_~-]{1,6}".prop_filter("not a dot segment", |s| s != "." && s != "..")
+    }
+
+    /// Rewrites a clean path into one of the many spellings a client could send for it.
+    fn disguise(segments: &[String], noise: &[u8]) -> String {
+        let mut out = String::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let n = noise.get(i).copied().unwrap_or(0);
+            out.push('/');
+            if n & 1 == 1 {
+                out.push('/');
+            }
+            if n & 2 == 2 {
+                out.push_str("./");
+            }
+            if n & 4 == 4 {
+                out.push_str("zz/../");
+            }
+            if n & 8 == 8 {
+                // Percent-encode the first character of the segment.
+                let first = seg.as_bytes()[0];
+                out.push_str(&format!("%{first:02x}"));
+                out.push_str(&seg[1..]);
+            } else {
+                out.push_str(seg);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn disguised_paths_normalise_to_the_clean_one(
+            segs in proptest::collection::vec(segment(), 1..6),
+            noise in proptest::collection::vec(any::<u8>(), 6),
+            query in "(\\?[a-z=&]{0,8})?",
+        ) {
+            let clean = format!("/{}", segs.join("/"));
+            let sent = format!("{}{}", disguise(&segs, &noise), query);
+            prop_assert_eq!(normalize_path(&sent), clean);
+        }
+
+        #[test]
+        fn normalisation_is_idempotent_and_clean(raw in "[/a-z.%0-9A-F?#]{0,24}") {
+            let once = normalize_path(&raw);
+            prop_assert_eq!(normalize_path(&once), once.clone());
+            prop_assert!(once.starts_with('/'));
+            prop_assert!(!once.contains("//"));
+            prop_assert!(!once.split('/').any(|s| s == "." || s == ".."));
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! proto ↔ domain, at the edge: nothing inside the limiter sees a prost type.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::Unit;
+use crate::descriptor::Entry;
+use crate::limiter::{Code, Decision, Descriptor, DescriptorStatus, Request};
+use crate::proto::envoy::config::core::v3::HeaderValue;
+use crate::proto::rate_limit_response::{
+    DescriptorStatus as ProtoStatus, RateLimit, rate_limit::Unit as ProtoUnit,
+};
+use crate::proto::{RateLimitRequest, RateLimitResponse, rate_limit_response};
+
+/// Converts a request. Never fails: bounds are checked by the limiter, which names the
+/// offending part in its error.
+pub fn request_from_proto(req: RateLimitRequest) -> Request {
+    Request {
+        domain: req.domain,
+        hits_addend: req.hits_addend,
+        descriptors: req
+            .descriptors
+            .into_iter()
+            .map(|d| Descriptor {
+                entries: d
+                    .entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect(),
+                hits_addend: d.hits_addend,
+                is_negative_hits: d.is_negative_hits,
+            })
+            .collect(),
+    }
+}
+
+/// The proto's unit for ours.
+pub fn unit_to_proto(unit: Unit) -> ProtoUnit {
+    match unit {
+        Unit::Second => ProtoUnit::Second,
+        Unit::Minute => ProtoUnit::Minute,
+        Unit::Hour => ProtoUnit::Hour,
+        Unit::Day => ProtoUnit::Day,
+        Unit::Week => ProtoUnit::Week,
+        Unit::Month => ProtoUnit::Month,
+        Unit::Year => ProtoUnit::Year,
+    }
+}
+
+fn code_to_proto(code: Code) -> rate_limit_response::Code {
+    match code {
+        Code::Ok => rate_limit_response::Code::Ok,
+        Code::OverLimit => rate_limit_response::Code::OverLimit,
+    }
+}
+
+fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn status_to_proto(s: &DescriptorStatus) -> ProtoStatus {
+    ProtoStatus {
+        code: code_to_proto(s.code).into(),
+        current_limit: s.current_limit.as_ref().map(|l| RateLimit {
+            name: l.name.to_string(),
+            requests_per_unit: l.requests_per_unit,
+            unit: unit_to_proto(l.unit).into(),
+            unit_multiplier: None,
+        }),
+        limit_remaining: s.limit_remaining,
+        duration_until_reset: s.duration_until_reset.map(duration_to_proto),
+        quota: None,
+    }
+}
+
+/// Builds the response. With `response_headers`, adds the IETF `RateLimit-*` fields of the
+/// most constrained status (and `Retry-After` when over limit), for clients behind a
+/// gateway that does not add Envoy's own `x-ratelimit-*` headers.
+pub fn response_to_proto(d: &Decision, response_headers: bool) -> RateLimitResponse {
+    RateLimitResponse {
+        overall_code: code_to_proto(d.overall_code).into(),
+        statuses: d.statuses.iter().map(status_to_proto).collect(),
+        response_headers_to_add: if response_headers {
+            rate_limit_headers(d)
+        } else {
+            Vec::new()
+        },
+        ..RateLimitResponse::default()
+    }
+}
+
+fn rate_limit_headers(d: &Decision) -> Vec<HeaderValue> {
+    // Over-limit statuses first, then the fewest remaining: the one a client must respect.
+    let Some(s) = d
+        .statuses
+        .iter()
+        .filter(|s| s.current_limit.is_some())
+        .min_by_key(|s| (s.code != Code::OverLimit, s.limit_remaining))
+    else {
+        return Vec::new();
+    };
+    let (Some(limit), Some(reset)) = (&s.current_limit, s.duration_until_reset) else {
+        return Vec::new();
+    };
+    // Whole seconds, rounded up: a client waiting `reset` seconds must find a new window.
+    let reset_secs = reset.as_millis().div_ceil(1000).to_string();
+    let header = |key: &str, value: String| HeaderValue {
+        key: key.to_owned(),
+        value,
+        raw_value: Vec::new(),
+    };
+    let mut out = vec![
+        header("RateLimit-Limit", limit.requests_per_unit.to_string()),
+        header("RateLimit-Remaining", s.limit_remaining.to_string()),
+        header("RateLimit-Reset", reset_secs.clone()),
+    ];
+    if d.overall_code == Code::OverLimit {
+        out.push(header("Retry-After", reset_secs));
+    }
+    out
+}
+
+/// Renders a response in proto3 JSON (camelCase fields, enum names, durations as `"1.5s"`),
+/// as printed by `check`.
+pub fn response_to_json(r: &RateLimitResponse) -> Value {
+    let code = |c: i32| {
+        rate_limit_response::Code::try_from(c)
+            .map_or("UNKNOWN", |c| c.as_str_name())
+            .to_owned()
+    };
+    let statuses: Vec<Value> = r
+        .statuses
+        .iter()
+        .map(|s| {
+            let mut o = json!({ "code": code(s.code), "limitRemaining": s.limit_remaining });
+            if let Some(l) = &s.current_limit {
+                o["currentLimit"] = json!({
+                    "name": l.name,
+                    "requestsPerUnit": l.requests_per_unit,
+                    "unit": ProtoUnit::try_from(l.unit).map_or("UNKNOWN", |u| u.as_str_name()),
+                });
+            }
+            if let Some(d) = &s.duration_until_reset {
+                o["durationUntilReset"] = Value::String(json_duration(d));
+            }
+            o
+        })
+        .collect();
+    let mut out = json!({ "overallCode": code(r.overall_code), "statuses": statuses });
+    if !r.response_headers_to_add.is_empty() {
+        out["responseHeadersToAdd"] = r
+            .response_headers_to_add
+            .iter()
+            .map(|h| json!({ "key": h.key, "value": h.value }))
+            .collect();
+    }
+    out
+}
+
+fn json_duration(d: &prost_types::Duration) -> String {
+    if d.nanos == 0 {
+        format!("{}s", d.seconds)
+    } else {
+        let frac = format!("{:09}", d.nanos);
+        format!("{}.{}s", d.seconds, frac.trim_end_matches('0'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::CurrentLimit;
+
+    fn decision(code: Code, remaining: u32) -> Decision {
+        Decision {
+            overall_code: code,
+            statuses: vec![
+                DescriptorStatus {
+                    code: Code::Ok,
+                    current_limit: None,
+                    limit_remaining: 0,
+                    duration_until_reset: None,
+                },
+                DescriptorStatus {
+                    code,
+                    current_limit: Some(CurrentLimit {
+                        name: "r".into(),
+                        requests_per_unit: 10,
+                        unit: Unit::Week,
+                    }),
+                    limit_remaining: remaining,
+                    duration_until_reset: Some(Duration::from_millis(1_500)),
+                },
+            ],
+            counters: Vec::new(),
+            unmatched: Vec::new(),
+            committed: true,
+        }
+    }
+
+    #[test]
+    fn response_keeps_order_and_fields() {
+        let r = response_to_proto(&decision(Code::Ok, 4), false);
+        assert_eq!(r.overall_code, rate_limit_response::Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 2);
+        assert!(r.statuses[0].current_limit.is_none());
+        let l = r.statuses[1].current_limit.as_ref().unwrap();
+        assert_eq!(l.unit, ProtoUnit::Week as i32);
+        assert_eq!(
+            r.statuses[1].duration_until_reset,
+            Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        assert!(r.response_headers_to_add.is_empty());
+        let j = response_to_json(&r);
+        assert_eq!(j["statuses"][1]["durationUntilReset"], "1.5s");
+        assert_eq!(j["statuses"][1]["currentLimit"]["unit"], "WEEK");
+    }
+
+    #[test]
+    fn headers_when_asked() {
+        let r = response_to_proto(&decision(Code::OverLimit, 0), true);
+        let h: Vec<(String, String)> = r
+            .response_headers_to_add
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect();
+        assert_eq!(
+            h,
+            vec![
+                ("RateLimit-Limit".into(), "10".into()),
+                ("RateLimit-Remaining".into(), "0".into()),
+                ("RateLimit-Reset".into(), "2".into()),
+                ("Retry-After".into(), "2".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! # ironclad-rls
+//!
+//! An Envoy-compatible global rate limit service (`envoy.service.ratelimit.v3`).
+//!
+//! ## The request's path through the code
+//!
+//! 1. [`grpc`] receives `ShouldRateLimit`, converts the proto into a [`limiter::Request`]
+//!    (`grpc::convert`), and maps every error to a gRPC status in one place.
+//! 2. [`limiter::RateLimiter`] validates the request, asks the current
+//!    [`descriptor::RuleSet`] which counters each descriptor touches, and has the
+//!    [`limiter::CounterStore`] check and count all of them in one atomic step.
+//! 3. The decision goes back through `grpc::convert` as a `RateLimitResponse`.
+//!
+//! Rules come from [`config`], which reads limits files into a validated model, and
+//! [`descriptor`], which compiles that model into lookup structures.
+//!
+//! ## The dependency rule
+//!
+//! [`config`], [`descriptor`] and [`limiter`] are pure: they never use tonic, prost types,
+//! redis, notify, HTTP crates or `std::env`. The adapters ([`grpc`], [`admin`], [`app`],
+//! [`cli`]) depend on them, never the reverse.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod descriptor;
+pub mod grpc;
+pub mod limiter;
+pub mod proto;
+pub mod settings;
+pub mod shutdown;

@@ -1,0 +1,282 @@
+//! The decision: which descriptors are over limit, what to count, and what to answer.
+//!
+//! Owns: hits (request, per descriptor, check-only, negative), shadow mode, the
+//! all-or-nothing count of a request's counters through a [`CounterStore`], and the per
+//! descriptor statuses (limits-format.md §4–§5). Time comes from an injected [`Clock`].
+//! Pure: must not depend on tonic, prost, redis, notify, HTTP crates or `std::env`.
+
+pub mod clock;
+pub mod conformance;
+pub mod memory;
+pub mod request;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::MemoryStore;
+pub use request::{Descriptor, InvalidRequest, Request};
+pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError};
+
+use crate::config::Unit;
+use crate::descriptor::{CounterRule, Resolved, RuleSet, Unmatched};
+
+/// The answer for a request or a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Within limits (or not limited).
+    Ok,
+    /// Over limit.
+    OverLimit,
+}
+
+/// The limit reported in a status (`current_limit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentLimit {
+    /// The rule's stable name.
+    pub name: Arc<str>,
+    /// Hits per window.
+    pub requests_per_unit: u32,
+    /// Window unit.
+    pub unit: Unit,
+}
+
+/// The answer for one descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptorStatus {
+    /// This descriptor's own code (OK when only another descriptor was over).
+    pub code: Code,
+    /// The counter that decided: the violated one, else the one with the least remaining.
+    /// `None` when no rule limits the descriptor.
+    pub current_limit: Option<CurrentLimit>,
+    /// Hits left in the deciding counter's window.
+    pub limit_remaining: u32,
+    /// Time until the deciding counter's window ends.
+    pub duration_until_reset: Option<Duration>,
+}
+
+/// What happened to one counter, for metrics and logs.
+#[derive(Debug, Clone)]
+pub struct CounterOutcome {
+    /// Index of the request descriptor it belongs to.
+    pub descriptor: usize,
+    /// The rule.
+    pub rule: CounterRule,
+    /// Hits the descriptor asked for.
+    pub hits: u64,
+    /// Its state.
+    pub state: CounterState,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// OVER_LIMIT if any descriptor is over limit (never under global shadow mode).
+    pub overall_code: Code,
+    /// One status per request descriptor, in request order.
+    pub statuses: Vec<DescriptorStatus>,
+    /// Every counter touched.
+    pub counters: Vec<CounterOutcome>,
+    /// Why each descriptor got no limit, where it got none.
+    pub unmatched: Vec<(usize, Unmatched)>,
+    /// True when the counters were incremented.
+    pub committed: bool,
+}
+
+/// Why a request could not be decided.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitError {
+    /// The request broke a bound; answer INVALID_ARGUMENT.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InvalidRequest),
+    /// The counter store failed; answer per `--on-backend-error`.
+    #[error(transparent)]
+    Backend(#[from] StoreError),
+}
+
+/// Options that change answers, not rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimiterOptions {
+    /// Global shadow mode: `overall_code` is never OVER_LIMIT; statuses stay truthful.
+    pub shadow_mode: bool,
+}
+
+/// The rate limiter: current rules, a counter store and a clock.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rules: ArcSwap<RuleSet>,
+    store: Arc<dyn CounterStore>,
+    clock: Arc<dyn Clock>,
+    options: LimiterOptions,
+}
+
+impl RateLimiter {
+    /// A limiter serving `rules`.
+    pub fn new(
+        rules: Arc<RuleSet>,
+        store: Arc<dyn CounterStore>,
+        clock: Arc<dyn Clock>,
+        options: LimiterOptions,
+    ) -> Self {
+        RateLimiter {
+            rules: ArcSwap::new(rules),
+            store,
+            clock,
+            options,
+        }
+    }
+
+    /// Swaps in new rules. A request in flight keeps the rules it started with; counters are
+    /// untouched (a counter's identity holds no limit).
+    pub fn replace_rules(&self, rules: Arc<RuleSet>) {
+        self.rules.store(rules);
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &Arc<dyn CounterStore> {
+        &self.store
+    }
+
+    /// Decides a request: checks every counter of every descriptor and counts them all, or
+    /// none when any enforcing counter is over its limit.
+    pub async fn should_rate_limit(&self, req: &Request) -> Result<Decision, LimitError> {
+        req.validate()?;
+        let rules = self.rules.load_full();
+        let resolved: Vec<Resolved> = req
+            .descriptors
+            .iter()
+            .map(|d| rules.resolve(&req.domain, &d.entries))
+            .collect();
+
+        let mut ops = Vec::new();
+        let mut owners = Vec::new();
+        let mut reject_all = false;
+        for (i, (d, r)) in req.descriptors.iter().zip(&resolved).enumerate() {
+            reject_all |= r.reject_all.as_ref().is_some_and(|x| !x.shadow);
+            let hits = req.hits_for(d);
+            for rule in &r.counters {
+                ops.push(CounterOp {
+                    key: rule.key.clone(),
+                    window_secs: rule.unit.seconds(),
+                    limit: rule.limit.into(),
+                    hits,
+                    negative: d.is_negative_hits,
+                    enforce: !rule.shadow,
+                });
+                owners.push((i, rule, hits));
+            }
+        }
+        // An endpoint with overall_limit 0 rejects the request, so nothing may be counted;
+        // the other counters are still read (a dry run) so their statuses tell the truth.
+        let outcome = if ops.is_empty() {
+            BatchOutcome {
+                now_ms: self.clock.now_ms(),
+                committed: !reject_all,
+                states: Vec::new(),
+            }
+        } else {
+            self.store.apply(&ops, reject_all).await?
+        };
+
+        let counters: Vec<CounterOutcome> = owners
+            .into_iter()
+            .zip(&outcome.states)
+            .map(|((descriptor, rule, hits), state)| CounterOutcome {
+                descriptor,
+                rule: rule.clone(),
+                hits,
+                state: *state,
+            })
+            .collect();
+        let statuses: Vec<DescriptorStatus> = resolved
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                status_of(
+                    r,
+                    counters.iter().filter(|c| c.descriptor == i),
+                    outcome.now_ms,
+                )
+            })
+            .collect();
+        let any_over = statuses.iter().any(|s| s.code == Code::OverLimit);
+        Ok(Decision {
+            overall_code: if any_over && !self.options.shadow_mode {
+                Code::OverLimit
+            } else {
+                Code::Ok
+            },
+            statuses,
+            unmatched: resolved
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.unmatched.map(|u| (i, u)))
+                .collect(),
+            counters,
+            committed: outcome.committed,
+        })
+    }
+}
+
+fn status_of<'a>(
+    r: &Resolved,
+    counters: impl Iterator<Item = &'a CounterOutcome>,
+    now_ms: u64,
+) -> DescriptorStatus {
+    if let Some(reject) = &r.reject_all {
+        let (_, end) = clock::window(now_ms, reject.unit.seconds());
+        return DescriptorStatus {
+            code: if reject.shadow {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            },
+            current_limit: Some(CurrentLimit {
+                name: reject.name.clone(),
+                requests_per_unit: 0,
+                unit: reject.unit,
+            }),
+            limit_remaining: 0,
+            duration_until_reset: Some(Duration::from_millis(end - now_ms)),
+        };
+    }
+    let remaining = |c: &CounterOutcome| u64::from(c.rule.limit).saturating_sub(c.state.after);
+    // The violated counter when over limit, else the one closest to its limit.
+    let mut deciding: Option<&CounterOutcome> = None;
+    for c in counters {
+        deciding = match deciding {
+            None => Some(c),
+            Some(d) if c.state.over && !d.state.over => Some(c),
+            Some(d) if c.state.over == d.state.over && remaining(c) < remaining(d) => Some(c),
+            keep => keep,
+        };
+    }
+    let Some(c) = deciding else {
+        return DescriptorStatus {
+            code: Code::Ok,
+            current_limit: None,
+            limit_remaining: 0,
+            duration_until_reset: None,
+        };
+    };
+    DescriptorStatus {
+        code: if c.state.over && !c.rule.shadow {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        },
+        current_limit: Some(CurrentLimit {
+            name: c.rule.name.clone(),
+            requests_per_unit: c.rule.limit,
+            unit: c.rule.unit,
+        }),
+        limit_remaining: u32::try_from(remaining(c)).unwrap_or(u32::MAX),
+        duration_until_reset: Some(Duration::from_millis(c.state.reset_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

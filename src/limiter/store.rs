@@ -1,0 +1,80 @@
+//! The counter store contract: one atomic check-then-count over all of a request's counters.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::descriptor::CounterKey;
+
+/// A boxed future, so stores can be chosen at run time (`Arc<dyn CounterStore>`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// One counter of a request.
+#[derive(Debug, Clone)]
+pub struct CounterOp {
+    /// Which counter.
+    pub key: CounterKey,
+    /// Fixed window length, seconds; windows are aligned to the epoch.
+    pub window_secs: u64,
+    /// Hits allowed per window. 0 rejects every request, even a check-only one.
+    pub limit: u64,
+    /// Hits to add (0: check only).
+    pub hits: u64,
+    /// Give `hits` back instead of taking them (never below zero, never over limit).
+    pub negative: bool,
+    /// When false (shadow mode) this counter being over limit does not stop the others
+    /// from being counted.
+    pub enforce: bool,
+}
+
+/// A counter's state as one batch saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterState {
+    /// The count before this request (including earlier counters of the same batch that
+    /// share its key).
+    pub before: u64,
+    /// The count after this request: `before` when the batch was not committed.
+    pub after: u64,
+    /// `limit == 0`, or `before + hits > limit` for a positive request.
+    pub over: bool,
+    /// Milliseconds until the counter's window ends.
+    pub reset_ms: u64,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The store's clock when it decided (the Redis store uses the server's clock).
+    pub now_ms: u64,
+    /// True when every counter was incremented (no enforcing counter was over and the
+    /// batch was not a dry run).
+    pub committed: bool,
+    /// One state per op, in op order.
+    pub states: Vec<CounterState>,
+}
+
+/// Why a store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend did not answer in time.
+    #[error("counter store timed out")]
+    Timeout,
+    /// The backend is unreachable or refused.
+    #[error("counter store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where counters live. Implementations must make [`CounterStore::apply`] atomic with
+/// respect to every other call, on every replica sharing the store.
+pub trait CounterStore: Send + Sync + std::fmt::Debug {
+    /// Checks every op; if no enforcing op is over its limit and `dry_run` is false,
+    /// increments (or, for negative ops, decrements) every counter, creating it with its
+    /// expiry; otherwise changes nothing. Ops sharing a key and window are applied in order
+    /// within the batch.
+    fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome>;
+
+    /// Answers when the store is usable (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// A short name for logs and `/config`.
+    fn kind(&self) -> &'static str;
+}

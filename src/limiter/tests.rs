@@ -1,0 +1,366 @@
+//! Decision tests with a controlled clock: the worked examples of limits-format.md §7 and
+//! every rule of §4–§5.
+
+use super::*;
+use crate::config::{Source, load_sources};
+use crate::descriptor::Entry;
+
+/// 2026-01-01T00:00:00Z plus 10 s: well inside a minute window.
+const T0: u64 = 1_767_225_610_000;
+
+struct Harness {
+    limiter: RateLimiter,
+    clock: Arc<ManualClock>,
+}
+
+fn rules_from(text: &str) -> Arc<RuleSet> {
+    let loaded = load_sources(&[Source {
+        name: "t.yaml".into(),
+        text: text.into(),
+    }])
+    .unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(RuleSet::compile(&loaded.config))
+}
+
+fn harness(text: &str) -> Harness {
+    harness_with(text, LimiterOptions::default())
+}
+
+fn harness_with(text: &str, options: LimiterOptions) -> Harness {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Harness {
+        limiter: RateLimiter::new(rules_from(text), store, clock.clone(), options),
+        clock,
+    }
+}
+
+fn seed(rel: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/examples/limits/{rel}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn descriptor(path: &str, consumer: Option<&str>) -> Descriptor {
+    let mut entries = vec![
+        Entry {
+            key: "endpoint".into(),
+            value: "kcserl".into(),
+        },
+        Entry {
+            key: "path".into(),
+            value: path.into(),
+        },
+    ];
+    if let Some(c) = consumer {
+        entries.push(Entry {
+            key: "consumer".into(),
+            value: c.into(),
+        });
+    }
+    Descriptor {
+        entries,
+        ..Descriptor::default()
+    }
+}
+
+fn request(descriptors: Vec<Descriptor>) -> Request {
+    Request {
+        domain: "kcse".into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+impl Harness {
+    async fn call(&self, path: &str, consumer: Option<&str>) -> Decision {
+        self.limiter
+            .should_rate_limit(&request(vec![descriptor(path, consumer)]))
+            .await
+            .unwrap()
+    }
+
+    /// Sends `n` requests and returns how many were admitted.
+    async fn admitted(&self, n: usize, path: &str, consumer: Option<&str>) -> usize {
+        let mut ok = 0;
+        for _ in 0..n {
+            if self.call(path, consumer).await.overall_code == Code::Ok {
+                ok += 1;
+            }
+        }
+        ok
+    }
+}
+
+const URI_ONLY: &str = "/auth/admin/realms/API-TEST-URI-ONLY/";
+
+#[tokio::test]
+async fn example_2_2_per_consumer_invoker_and_anonymous() {
+    let h = harness(&seed("seed/2.2-per-service-with-client.yaml"));
+    let path = format!("{URI_ONLY}users?x=1");
+    assert_eq!(h.admitted(10, &path, Some("a")).await, 10);
+    let eleventh = h.call(&path, Some("a")).await;
+    assert_eq!(eleventh.overall_code, Code::OverLimit);
+    assert_eq!(eleventh.statuses[0].limit_remaining, 0);
+    assert_eq!(
+        h.admitted(10, &path, Some("b")).await,
+        10,
+        "consumer b is unaffected"
+    );
+    assert_eq!(h.admitted(51, URI_ONLY, Some("test_client3")).await, 50);
+    assert_eq!(
+        h.admitted(6, URI_ONLY, None).await,
+        5,
+        "anonymous requests share 5"
+    );
+    assert_eq!(
+        h.admitted(6, URI_ONLY, Some("")).await,
+        0,
+        "an empty consumer is anonymous"
+    );
+    let outside = h.call("/auth/admin/realms/OTHER/", Some("a")).await;
+    assert_eq!(outside.overall_code, Code::Ok);
+    assert_eq!(outside.statuses[0].current_limit, None);
+    // A new minute starts every counter afresh.
+    h.clock.advance_ms(60_000);
+    assert_eq!(h.admitted(11, &path, Some("a")).await, 10);
+}
+
+#[tokio::test]
+async fn example_2_3_per_client() {
+    let h = harness(&seed("seed/2.3-per-client.yaml"));
+    assert_eq!(
+        h.admitted(11, "/auth/realms/x", Some("test_client2")).await,
+        10
+    );
+    let other = h.call("/auth/realms/x", Some("someone")).await;
+    let limit = other.statuses[0].current_limit.clone().unwrap();
+    assert_eq!(limit.requests_per_unit, 200_000);
+    assert_eq!(limit.name.as_ref(), "kcserl /auth client");
+    assert_eq!(other.statuses[0].limit_remaining, 199_999);
+}
+
+#[tokio::test]
+async fn overall_limit_is_shared_by_everyone() {
+    let h = harness(
+        "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: kcserl
+      overall_limit: 3
+      uri_prefixes: [{prefix: /, value: 10, anon_value: 10}]
+",
+    );
+    assert_eq!(h.call("/a", Some("x")).await.overall_code, Code::Ok);
+    assert_eq!(h.call("/b", Some("y")).await.overall_code, Code::Ok);
+    assert_eq!(h.call("/c", None).await.overall_code, Code::Ok);
+    let fourth = h.call("/a", Some("z")).await;
+    assert_eq!(fourth.overall_code, Code::OverLimit);
+    assert_eq!(
+        fourth.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .name
+            .as_ref(),
+        "kcserl overall"
+    );
+}
+
+#[tokio::test]
+async fn overall_zero_rejects_and_counts_nothing() {
+    let h = harness(
+        "kcse_rate_limits:
+  endpoints:
+    - {name: blocked, shortname: kcserl, overall_limit: 0, unit: hour}
+    - name: open
+      shortname: open
+      uri_prefixes: [{prefix: /, value: 5}]
+",
+    );
+    let open = Descriptor {
+        entries: vec![
+            Entry {
+                key: "endpoint".into(),
+                value: "open".into(),
+            },
+            Entry {
+                key: "path".into(),
+                value: "/x".into(),
+            },
+            Entry {
+                key: "consumer".into(),
+                value: "c".into(),
+            },
+        ],
+        ..Descriptor::default()
+    };
+    let d = h
+        .limiter
+        .should_rate_limit(&request(vec![open.clone(), descriptor("/x", Some("c"))]))
+        .await
+        .unwrap();
+    assert_eq!(d.overall_code, Code::OverLimit);
+    assert!(!d.committed);
+    assert_eq!(
+        d.statuses[0].code,
+        Code::Ok,
+        "the other descriptor tells its own state"
+    );
+    assert_eq!(
+        d.statuses[0].limit_remaining, 5,
+        "and nothing was counted for it"
+    );
+    assert_eq!(d.statuses[1].code, Code::OverLimit);
+    let blocked = d.statuses[1].current_limit.clone().unwrap();
+    assert_eq!((blocked.requests_per_unit, blocked.unit), (0, Unit::Hour));
+    // 10 s into the hour: 3590 s to go.
+    assert_eq!(
+        d.statuses[1].duration_until_reset,
+        Some(Duration::from_secs(3590))
+    );
+}
+
+#[tokio::test]
+async fn rejected_requests_consume_no_quota() {
+    let h = harness(&seed("full-example.yaml"));
+    // test_client on the API-TEST realm: 20 per minute there, 200000 under /auth.
+    let path = "/auth/admin/realms/API-TEST/clients";
+    assert_eq!(h.admitted(25, path, Some("test_client")).await, 20);
+    let d = h.call("/auth/other", Some("test_client")).await;
+    // 20 admitted + this one: the 5 rejected requests took nothing from /auth.
+    assert_eq!(d.statuses[0].limit_remaining, 200_000 - 21);
+    // The overall counter (1000000) saw only admitted requests too.
+    let overall = d
+        .counters
+        .iter()
+        .find(|c| c.rule.name.as_ref() == "kcserl overall")
+        .unwrap();
+    assert_eq!(overall.state.after, 21);
+}
+
+#[tokio::test]
+async fn statuses_report_the_tightest_counter_and_the_window() {
+    let h = harness(&seed("full-example.yaml"));
+    let d = h.call("/auth/admin/realms/API-TEST/x", Some("c")).await;
+    let s = &d.statuses[0];
+    let limit = s.current_limit.clone().unwrap();
+    assert_eq!(
+        limit.name.as_ref(),
+        "kcserl /auth/admin/realms/API-TEST/ client"
+    );
+    assert_eq!(limit.requests_per_unit, 10);
+    assert_eq!(limit.unit, Unit::Minute);
+    assert_eq!(s.limit_remaining, 9);
+    assert_eq!(s.duration_until_reset, Some(Duration::from_secs(50)));
+}
+
+#[tokio::test]
+async fn hits_addend_rules() {
+    let h = harness(&seed("seed/2.2-per-service-with-client.yaml"));
+    let mut r = request(vec![descriptor(URI_ONLY, Some("a"))]);
+    r.hits_addend = 7;
+    assert_eq!(
+        h.limiter.should_rate_limit(&r).await.unwrap().statuses[0].limit_remaining,
+        3
+    );
+    // The descriptor's own hits override the request's.
+    r.descriptors[0].hits_addend = Some(3);
+    let d = h.limiter.should_rate_limit(&r).await.unwrap();
+    assert_eq!(
+        (d.overall_code, d.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
+    // Check only, at exactly the limit: OK with 0 remaining, nothing counted.
+    r.descriptors[0].hits_addend = Some(0);
+    let d = h.limiter.should_rate_limit(&r).await.unwrap();
+    assert_eq!(
+        (d.overall_code, d.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
+    // Negative hits give quota back.
+    r.descriptors[0].hits_addend = Some(4);
+    r.descriptors[0].is_negative_hits = true;
+    let d = h.limiter.should_rate_limit(&r).await.unwrap();
+    assert_eq!(
+        (d.overall_code, d.statuses[0].limit_remaining),
+        (Code::Ok, 4)
+    );
+    assert_eq!(h.admitted(5, URI_ONLY, Some("a")).await, 4);
+}
+
+#[tokio::test]
+async fn endpoint_shadow_mode_counts_but_answers_ok() {
+    let h = harness(
+        "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: kcserl
+      shadow_mode: true
+      uri_prefixes: [{prefix: /, value: 2}]
+",
+    );
+    assert_eq!(h.admitted(5, "/x", Some("c")).await, 5);
+    let d = h.call("/x", Some("c")).await;
+    assert_eq!(d.overall_code, Code::Ok);
+    assert_eq!(d.statuses[0].code, Code::Ok);
+    assert!(d.counters[0].state.over, "the decision is still computed");
+    assert_eq!(d.counters[0].state.after, 6, "and counted as if allowed");
+}
+
+#[tokio::test]
+async fn global_shadow_mode_keeps_statuses_truthful() {
+    let text = seed("seed/2.2-per-service-with-client.yaml");
+    let h = harness_with(&text, LimiterOptions { shadow_mode: true });
+    assert_eq!(h.admitted(10, URI_ONLY, Some("a")).await, 10);
+    let d = h.call(URI_ONLY, Some("a")).await;
+    assert_eq!(d.overall_code, Code::Ok);
+    assert_eq!(d.statuses[0].code, Code::OverLimit);
+    assert!(
+        !d.committed,
+        "counted as if enforcing: the rejected hit is not counted"
+    );
+}
+
+#[tokio::test]
+async fn counters_survive_a_reload_and_new_limits_apply_at_once() {
+    let h = harness(&seed("seed/2.1-per-service.yaml"));
+    assert_eq!(h.admitted(8, URI_ONLY, Some("a")).await, 8);
+    let lowered = seed("seed/2.1-per-service.yaml").replace("value: 10", "value: 9");
+    h.limiter.replace_rules(rules_from(&lowered));
+    assert_eq!(h.admitted(3, URI_ONLY, Some("a")).await, 1);
+}
+
+#[tokio::test]
+async fn unlimited_descriptors_and_order_of_statuses() {
+    let h = harness(&seed("seed/2.1-per-service.yaml"));
+    let unknown = Descriptor {
+        entries: vec![Entry {
+            key: "endpoint".into(),
+            value: "nope".into(),
+        }],
+        ..Descriptor::default()
+    };
+    let d = h
+        .limiter
+        .should_rate_limit(&request(vec![unknown, descriptor(URI_ONLY, Some("a"))]))
+        .await
+        .unwrap();
+    assert_eq!(d.statuses.len(), 2);
+    assert_eq!(d.statuses[0].current_limit, None);
+    assert_eq!(d.statuses[1].limit_remaining, 9);
+    assert_eq!(d.unmatched, vec![(0, Unmatched::UnknownEndpoint)]);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_before_counting() {
+    let h = harness(&seed("seed/2.1-per-service.yaml"));
+    let err = h
+        .limiter
+        .should_rate_limit(&request(vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LimitError::Invalid(_)), "{err}");
+}

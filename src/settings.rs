@@ -1,0 +1,195 @@
+//! Command-line settings. Every flag also reads `RLS_` + its name in upper snake case
+//! (`--grpc-addr` ↔ `RLS_GRPC_ADDR`); the flag wins. Parsed with clap, tested with
+//! `try_parse_from` (never by setting the process environment).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `ironclad-rls`: an Envoy-compatible global rate limit service.
+#[derive(Debug, Parser)]
+#[command(name = "ironclad-rls", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Load limits files as `serve` would; print the effective rules and every warning.
+    /// Exit 0 when valid, 1 with every error listed.
+    Validate(ValidateArgs),
+    /// Make one ShouldRateLimit call and print the response as JSON.
+    /// Exit 0 for OK, 2 for OVER_LIMIT, 1 on error.
+    Check(CheckArgs),
+}
+
+/// `serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A limits file or a directory of them (repeatable, or comma-separated in RLS_CONFIG).
+    #[arg(
+        long = "config",
+        env = "RLS_CONFIG",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
+
+    /// The RLS gRPC listener (Envoy's `rate_limit_service`). Port 0 picks a free port.
+    #[arg(long, env = "RLS_GRPC_ADDR", default_value = "0.0.0.0:8081")]
+    pub grpc_addr: SocketAddr,
+
+    /// The admin HTTP listener: /healthz, /readyz, /config.
+    #[arg(long, env = "RLS_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Global shadow mode: overall_code is never OVER_LIMIT; statuses and counting as if
+    /// enforcing.
+    #[arg(long, env = "RLS_SHADOW_MODE")]
+    pub shadow_mode: bool,
+
+    /// Add RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (and Retry-After when over
+    /// limit) to response_headers_to_add.
+    #[arg(long, env = "RLS_RESPONSE_HEADERS")]
+    pub response_headers: bool,
+
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = "RLS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "RLS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Limits files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `check` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The service's gRPC address.
+    #[arg(long, env = "RLS_CHECK_ADDR", default_value = "http://127.0.0.1:8081")]
+    pub addr: String,
+
+    /// The rate limit domain.
+    #[arg(long, env = "RLS_CHECK_DOMAIN", default_value = "kcse")]
+    pub domain: String,
+
+    /// One descriptor: `key=value[,key=value...]` (repeatable). A value runs to the next
+    /// comma; everything after the first `=` belongs to it.
+    #[arg(long = "descriptor", required = true, value_parser = parse_descriptor)]
+    pub descriptors: Vec<Vec<(String, String)>>,
+
+    /// The request's hits_addend (0 means 1).
+    #[arg(long, default_value_t = 0)]
+    pub hits: u32,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 15ms, 5s, 1m)"))
+}
+
+fn parse_descriptor(s: &str) -> Result<Vec<(String, String)>, String> {
+    s.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(format!("expected key=value, found {pair:?}")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["ironclad-rls", "serve"], args].concat()).unwrap();
+        match cli.command {
+            Command::Serve(s) => s,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_defaults_match_the_spec() {
+        let s = serve(&["--config", "limits/"]);
+        assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:8081");
+        assert_eq!(s.admin_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(!s.shadow_mode && !s.response_headers);
+    }
+
+    #[test]
+    fn several_configs_and_flags() {
+        let s = serve(&[
+            "--config",
+            "a.yaml",
+            "--config",
+            "b/,c/",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "250ms",
+            "--log-format",
+            "json",
+        ]);
+        assert_eq!(s.config.len(), 3);
+        assert_eq!(s.grpc_addr.port(), 0);
+        assert_eq!(s.drain_timeout, Duration::from_millis(250));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn serve_needs_a_config() {
+        assert!(Cli::try_parse_from(["ironclad-rls", "serve"]).is_err());
+    }
+
+    #[test]
+    fn check_descriptors_parse() {
+        let cli = Cli::try_parse_from([
+            "ironclad-rls",
+            "check",
+            "--descriptor",
+            "endpoint=kcserl,path=/a?b=c",
+            "--descriptor",
+            "k=",
+            "--hits",
+            "3",
+        ])
+        .unwrap();
+        let Command::Check(c) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(c.descriptors[0][1], ("path".into(), "/a?b=c".into()));
+        assert_eq!(c.descriptors[1][0], ("k".into(), String::new()));
+        assert_eq!(c.hits, 3);
+        assert!(Cli::try_parse_from(["ironclad-rls", "check", "--descriptor", "novalue"]).is_err());
+    }
+}
