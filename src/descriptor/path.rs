@@ -51,19 +51,20 @@ fn decode_unreserved(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                let b = h * 16 + l;
-                if is_unreserved(b) {
-                    out.push(b as char);
-                } else {
-                    out.push('%');
-                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
-                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
-                }
-                i += 3;
-                continue;
+        let escape = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some((hex_value(bytes[i + 1])?, hex_value(bytes[i + 2])?)))
+            .flatten();
+        if let Some((h, l)) = escape {
+            let b = h * 16 + l;
+            if is_unreserved(b) {
+                out.push(b as char);
+            } else {
+                out.push('%');
+                out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                out.push(bytes[i + 2].to_ascii_uppercase() as char);
             }
+            i += 3;
+            continue;
         }
         // Copy one UTF-8 character (paths on the wire are ASCII, but a value is any string).
         let ch_len = s[i..].chars().next().map_or(1, char::len_utf8);
