@@ -31,19 +31,22 @@ pub struct ConfigInfo {
     pub loaded_at: String,
     /// Warnings found while loading.
     pub warnings: Vec<Diagnostic>,
+    /// The counter store (`memory`, or the Redis target with credentials redacted).
+    pub counter_store: String,
     /// The effective rules, defaults applied.
     pub rules: Config,
 }
 
 impl ConfigInfo {
     /// Describes a configuration that just loaded.
-    pub fn new(generation: u64, loaded: &Loaded) -> Self {
+    pub fn new(generation: u64, loaded: &Loaded, counter_store: &str) -> Self {
         ConfigInfo {
             generation,
             sha256: loaded.sha256.clone(),
             files: loaded.files.clone(),
             loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             warnings: loaded.warnings.clone(),
+            counter_store: counter_store.to_owned(),
             rules: loaded.config.clone(),
         }
     }

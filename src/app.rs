@@ -15,7 +15,8 @@ use crate::admin::{self, AdminState, ConfigInfo};
 use crate::config::{self, Loaded};
 use crate::descriptor::RuleSet;
 use crate::grpc::RateLimitGrpc;
-use crate::limiter::{Clock, LimiterOptions, MemoryStore, RateLimiter, SystemClock};
+use crate::limiter::{Clock, CounterStore, LimiterOptions, MemoryStore, RateLimiter, SystemClock};
+use crate::redis::{RedisOptions, RedisStore, RedisTarget};
 use crate::settings::ServeArgs;
 
 /// Loads the configuration or explains, with every error, why not.
@@ -34,19 +35,25 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     log_summary(&loaded);
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(MemoryStore::new(clock.clone()));
+    let (store, store_description) = build_store(&args, &clock)?;
     let limiter = Arc::new(RateLimiter::new(
         rules,
         store,
         clock,
         LimiterOptions {
             shadow_mode: args.shadow_mode,
+            // Only a remote store is worth sparing; the memory store is as fast as the cache.
+            over_limit_cache: store_description.is_some(),
         },
     ));
     let draining = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         limiter: limiter.clone(),
-        config: Arc::new(ArcSwap::from_pointee(ConfigInfo::new(1, &loaded))),
+        config: Arc::new(ArcSwap::from_pointee(ConfigInfo::new(
+            1,
+            &loaded,
+            store_description.as_deref().unwrap_or("memory"),
+        ))),
         draining: draining.clone(),
     };
 
@@ -55,7 +62,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     tracing::info!(
         grpc_addr = %grpc_listener.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,
-        store = "memory",
+        store = store_description.as_deref().unwrap_or("memory"),
         "listening"
     );
 
@@ -66,7 +73,10 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     };
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RateLimitGrpc::new(limiter, args.response_headers).into_server())
+            .add_service(
+                RateLimitGrpc::new(limiter, args.response_headers, args.on_backend_error)
+                    .into_server(),
+            )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
@@ -97,6 +107,46 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         Err(_) => tracing::warn!("drain timeout reached; exiting with calls still in flight"),
     }
     Ok(())
+}
+
+/// The counter store named by the flags, and (for Redis) its description with credentials
+/// redacted.
+fn build_store(
+    args: &ServeArgs,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<(Arc<dyn CounterStore>, Option<String>)> {
+    let target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
+        (Some(url), _) => RedisTarget::Single(url.clone()),
+        (None, []) => return Ok((Arc::new(MemoryStore::new(clock.clone())), None)),
+        (None, nodes) => RedisTarget::Cluster(nodes.to_vec()),
+    };
+    // rustls needs one process-wide crypto provider; `Err` means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let password = args
+        .redis_password_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .with_context(|| format!("cannot read --redis-password-file {}", p.display()))
+        })
+        .transpose()?;
+    let ca_pem = args
+        .redis_ca_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p).with_context(|| format!("cannot read --redis-ca-file {}", p.display()))
+        })
+        .transpose()?;
+    let store = RedisStore::new(RedisOptions {
+        target,
+        password,
+        ca_pem,
+        timeout: args.redis_timeout,
+        key_prefix: args.redis_key_prefix.clone(),
+    })?;
+    let described = store.described().to_owned();
+    Ok((store, Some(described)))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

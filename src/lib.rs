@@ -28,5 +28,6 @@ pub mod descriptor;
 pub mod grpc;
 pub mod limiter;
 pub mod proto;
+pub mod redis;
 pub mod settings;
 pub mod shutdown;

@@ -60,6 +60,39 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_RESPONSE_HEADERS")]
     pub response_headers: bool,
 
+    /// Shared counters in Redis: `redis://[user:pass@]host:port[/db]` or `rediss://...`.
+    /// Absent: counters live in this process (one replica only).
+    #[arg(long, env = "RLS_REDIS_URL", conflicts_with = "redis_cluster_url")]
+    pub redis_url: Option<String>,
+
+    /// Comma-separated seed nodes of a Redis Cluster (`redis://host:port`, `rediss://...`,
+    /// or bare `host:port`).
+    #[arg(long, env = "RLS_REDIS_CLUSTER_URL", value_delimiter = ',')]
+    pub redis_cluster_url: Vec<String>,
+
+    /// A file holding the Redis password (a Kubernetes Secret), so it never sits in argv or
+    /// the environment. Overrides a password in the URL.
+    #[arg(long, env = "RLS_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`).
+    /// Absent: the system's trust store.
+    #[arg(long, env = "RLS_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Deadline of every Redis call. Envoy's own default RLS timeout is 20 ms.
+    #[arg(long, env = "RLS_REDIS_TIMEOUT", default_value = "15ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "RLS_REDIS_KEY_PREFIX", default_value = "rls", value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
+
+    /// What to answer when the counter store fails: `error` (gRPC UNAVAILABLE, so Envoy's
+    /// `failure_mode_deny` decides), `allow` (OK) or `deny` (OVER_LIMIT).
+    #[arg(long, env = "RLS_ON_BACKEND_ERROR", value_enum, default_value_t = OnBackendError::Error)]
+    pub on_backend_error: OnBackendError,
+
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "RLS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -67,6 +100,17 @@ pub struct ServeArgs {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "RLS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The answer when the counter store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnBackendError {
+    /// gRPC UNAVAILABLE: Envoy's `failure_mode_deny` decides.
+    Error,
+    /// Answer OK.
+    Allow,
+    /// Answer OVER_LIMIT.
+    Deny,
 }
 
 /// Log line format.
@@ -115,6 +159,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 15ms, 5s, 1m)"))
 }
 
+fn parse_key_prefix(s: &str) -> Result<String, String> {
+    // A brace would become the Redis Cluster hash tag of every key, piling all counters
+    // on one slot.
+    if s.contains(['{', '}']) {
+        return Err("must not contain `{` or `}`".into());
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_descriptor(s: &str) -> Result<Vec<(String, String)>, String> {
     s.split(',')
         .map(|pair| match pair.split_once('=') {
@@ -144,6 +197,47 @@ mod tests {
         assert_eq!(s.drain_timeout, Duration::from_secs(5));
         assert_eq!(s.log_format, LogFormat::Text);
         assert!(!s.shadow_mode && !s.response_headers);
+        assert_eq!(s.redis_timeout, Duration::from_millis(15));
+        assert_eq!(s.redis_key_prefix, "rls");
+        assert_eq!(s.on_backend_error, OnBackendError::Error);
+        assert!(s.redis_url.is_none() && s.redis_cluster_url.is_empty());
+    }
+
+    #[test]
+    fn redis_flags() {
+        let s = serve(&[
+            "--config",
+            "x",
+            "--redis-cluster-url",
+            "redis://a:1,b:2",
+            "--on-backend-error",
+            "deny",
+        ]);
+        assert_eq!(s.redis_cluster_url, vec!["redis://a:1", "b:2"]);
+        assert_eq!(s.on_backend_error, OnBackendError::Deny);
+        let both = [
+            "ironclad-rls",
+            "serve",
+            "--config",
+            "x",
+            "--redis-url",
+            "redis://a",
+            "--redis-cluster-url",
+            "b:1",
+        ];
+        assert!(
+            Cli::try_parse_from(both).is_err(),
+            "the two Redis modes exclude each other"
+        );
+        let braces = [
+            "ironclad-rls",
+            "serve",
+            "--config",
+            "x",
+            "--redis-key-prefix",
+            "{x}",
+        ];
+        assert!(Cli::try_parse_from(braces).is_err());
     }
 
     #[test]

@@ -301,3 +301,5 @@ pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, text).expect("write temp file");
     (dir, path)
 }
+/// Real Redis processes.
+pub mod redis;

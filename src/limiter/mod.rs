@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod conformance;
 pub mod memory;
+pub mod over_limit_cache;
 pub mod request;
 pub mod store;
 
@@ -18,8 +19,9 @@ use arc_swap::ArcSwap;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
+pub use over_limit_cache::OverLimitCache;
 pub use request::{Descriptor, InvalidRequest, Request};
-pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError};
+pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError, StoreFuture};
 
 use crate::config::Unit;
 use crate::descriptor::{CounterRule, Resolved, RuleSet, Unmatched};
@@ -102,7 +104,13 @@ pub enum LimitError {
 pub struct LimiterOptions {
     /// Global shadow mode: `overall_code` is never OVER_LIMIT; statuses stay truthful.
     pub shadow_mode: bool,
+    /// Answer requests that hit a counter known to be full without asking the store, until
+    /// its window ends (for a shared, remote store).
+    pub over_limit_cache: bool,
 }
+
+/// Most counters the over-limit cache remembers.
+pub const OVER_LIMIT_CACHE_CAPACITY: usize = 100_000;
 
 /// The rate limiter: current rules, a counter store and a clock.
 #[derive(Debug)]
@@ -111,6 +119,7 @@ pub struct RateLimiter {
     store: Arc<dyn CounterStore>,
     clock: Arc<dyn Clock>,
     options: LimiterOptions,
+    full: Option<OverLimitCache>,
 }
 
 impl RateLimiter {
@@ -126,6 +135,9 @@ impl RateLimiter {
             store,
             clock,
             options,
+            full: options
+                .over_limit_cache
+                .then(|| OverLimitCache::new(OVER_LIMIT_CACHE_CAPACITY)),
         }
     }
 
@@ -133,6 +145,9 @@ impl RateLimiter {
     /// untouched (a counter's identity holds no limit).
     pub fn replace_rules(&self, rules: Arc<RuleSet>) {
         self.rules.store(rules);
+        if let Some(full) = &self.full {
+            full.clear();
+        }
     }
 
     /// The counter store.
@@ -169,6 +184,9 @@ impl RateLimiter {
                 owners.push((i, rule, hits));
             }
         }
+        if let Some(decision) = self.answer_from_cache(req.descriptors.len(), &ops, &owners) {
+            return Ok(decision);
+        }
         // An endpoint with overall_limit 0 rejects the request, so nothing may be counted;
         // the other counters are still read (a dry run) so their statuses tell the truth.
         let outcome = if ops.is_empty() {
@@ -180,6 +198,7 @@ impl RateLimiter {
         } else {
             self.store.apply(&ops, reject_all).await?
         };
+        self.remember_full(&ops, &outcome);
 
         let counters: Vec<CounterOutcome> = owners
             .into_iter()
@@ -218,6 +237,75 @@ impl RateLimiter {
             counters,
             committed: outcome.committed,
         })
+    }
+}
+
+impl RateLimiter {
+    /// When an enforcing counter of the request is known to be full, the request is over
+    /// limit and the store is not asked. Descriptors with a full counter report it; the
+    /// others report OK without a limit (their state was not read; nothing was counted).
+    fn answer_from_cache(
+        &self,
+        descriptors: usize,
+        ops: &[CounterOp],
+        owners: &[(usize, &CounterRule, u64)],
+    ) -> Option<Decision> {
+        let full = self.full.as_ref()?;
+        let now = self.clock.now_ms();
+        let counters: Vec<CounterOutcome> = ops
+            .iter()
+            .zip(owners)
+            .filter_map(|(op, &(descriptor, rule, hits))| {
+                let reset_ms = full.full_for(op, now)?;
+                let count = op.limit;
+                Some(CounterOutcome {
+                    descriptor,
+                    rule: rule.clone(),
+                    hits,
+                    state: CounterState {
+                        before: count,
+                        after: count,
+                        over: true,
+                        reset_ms,
+                    },
+                })
+            })
+            .collect();
+        if counters.is_empty() {
+            return None;
+        }
+        let statuses = (0..descriptors)
+            .map(|i| {
+                status_of(
+                    &Resolved::default(),
+                    counters.iter().filter(|c| c.descriptor == i),
+                    now,
+                )
+            })
+            .collect();
+        Some(Decision {
+            overall_code: if self.options.shadow_mode {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            },
+            statuses,
+            counters,
+            unmatched: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// Remembers every enforcing counter that is now full.
+    fn remember_full(&self, ops: &[CounterOp], outcome: &BatchOutcome) {
+        let Some(full) = &self.full else { return };
+        let now = self.clock.now_ms();
+        for (op, s) in ops.iter().zip(&outcome.states) {
+            let count = if outcome.committed { s.after } else { s.before };
+            if op.enforce && op.limit > 0 && count >= op.limit {
+                full.remember(op, now, s.reset_ms);
+            }
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub struct CounterOp {
 }
 
 /// A counter's state as one batch saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CounterState {
     /// The count before this request (including earlier counters of the same batch that
     /// share its key).

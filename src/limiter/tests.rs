@@ -313,7 +313,13 @@ async fn endpoint_shadow_mode_counts_but_answers_ok() {
 #[tokio::test]
 async fn global_shadow_mode_keeps_statuses_truthful() {
     let text = seed("seed/2.2-per-service-with-client.yaml");
-    let h = harness_with(&text, LimiterOptions { shadow_mode: true });
+    let h = harness_with(
+        &text,
+        LimiterOptions {
+            shadow_mode: true,
+            ..LimiterOptions::default()
+        },
+    );
     assert_eq!(h.admitted(10, URI_ONLY, Some("a")).await, 10);
     let d = h.call(URI_ONLY, Some("a")).await;
     assert_eq!(d.overall_code, Code::Ok);
@@ -363,4 +369,79 @@ async fn invalid_requests_are_refused_before_counting() {
         .await
         .unwrap_err();
     assert!(matches!(err, LimitError::Invalid(_)), "{err}");
+}
+
+/// Counts the calls that reach the wrapped memory store.
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryStore,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl CounterStore for Counting {
+    fn apply<'a>(
+        &'a self,
+        ops: &'a [CounterOp],
+        dry_run: bool,
+    ) -> store::StoreFuture<'a, BatchOutcome> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(ops, dry_run)
+    }
+    fn ping(&self) -> store::StoreFuture<'_, ()> {
+        self.inner.ping()
+    }
+    fn kind(&self) -> &'static str {
+        "counting"
+    }
+}
+
+#[tokio::test]
+async fn full_counters_are_answered_without_the_store_until_their_window_ends() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(Counting {
+        inner: MemoryStore::new(clock.clone()),
+        calls: Default::default(),
+    });
+    let text = seed("seed/2.2-per-service-with-client.yaml");
+    let options = LimiterOptions {
+        over_limit_cache: true,
+        ..LimiterOptions::default()
+    };
+    let limiter = RateLimiter::new(rules_from(&text), store.clone(), clock.clone(), options);
+    let h = Harness { limiter, clock };
+    let calls = || store.calls.load(std::sync::atomic::Ordering::SeqCst);
+
+    assert_eq!(h.admitted(10, URI_ONLY, Some("a")).await, 10);
+    assert_eq!(calls(), 10);
+    for _ in 0..50 {
+        let d = h.call(URI_ONLY, Some("a")).await;
+        assert_eq!(d.overall_code, Code::OverLimit);
+        assert_eq!(d.statuses[0].limit_remaining, 0);
+        assert_eq!(
+            d.statuses[0].duration_until_reset,
+            Some(Duration::from_secs(50))
+        );
+    }
+    assert_eq!(calls(), 10, "the full counter was answered locally");
+    // Other consumers still reach the store.
+    assert_eq!(h.admitted(1, URI_ONLY, Some("b")).await, 1);
+    assert_eq!(calls(), 11);
+    // A check-only request reads the store (OK at exactly the limit).
+    let mut check = request(vec![descriptor(URI_ONLY, Some("a"))]);
+    check.descriptors[0].hits_addend = Some(0);
+    assert_eq!(
+        h.limiter
+            .should_rate_limit(&check)
+            .await
+            .unwrap()
+            .overall_code,
+        Code::Ok
+    );
+    assert_eq!(calls(), 12);
+    // A reload forgets what was full; a new window starts afresh.
+    h.limiter.replace_rules(rules_from(&text));
+    h.call(URI_ONLY, Some("a")).await;
+    assert_eq!(calls(), 13);
+    h.clock.advance_ms(60_000);
+    assert_eq!(h.admitted(10, URI_ONLY, Some("a")).await, 10);
 }

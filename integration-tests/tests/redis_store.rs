@@ -1,0 +1,126 @@
+//! The store conformance suite on a real Redis and a real 3-master Redis Cluster, and what
+//! the store writes there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::redis::{RedisCluster, RedisServer};
+use ironclad_rls::descriptor::{CounterKey, CounterScope};
+use ironclad_rls::limiter::conformance;
+use ironclad_rls::limiter::{CounterOp, CounterStore};
+use ironclad_rls::redis::{RedisOptions, RedisStore, RedisTarget};
+
+fn options(target: RedisTarget) -> RedisOptions {
+    RedisOptions {
+        target,
+        password: None,
+        ca_pem: None,
+        // Generous: these tests check behaviour, not latency, on a busy 2-core machine.
+        timeout: Duration::from_secs(2),
+        key_prefix: "rls".into(),
+    }
+}
+
+async fn ready(store: &Arc<RedisStore>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis store never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_store_conforms() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(options(RedisTarget::Single(redis.url()))).unwrap();
+    ready(&store).await;
+    conformance::run_all(store.clone(), "conformance").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_store_conforms() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.nodes.iter().map(|n| n.url()).collect();
+    let store = RedisStore::new(options(RedisTarget::Cluster(nodes))).unwrap();
+    ready(&store).await;
+    conformance::run_all(store.clone(), "conformance").await;
+    // The conformance keys were spread over the cluster by their hash tags.
+    let keys = cluster.keys();
+    assert!(
+        keys.iter().all(|k| k.starts_with("rls:{conformance:")),
+        "{keys:?}"
+    );
+}
+
+fn op(endpoint: &str, limit: u64) -> CounterOp {
+    CounterOp {
+        key: CounterKey::new(
+            "d",
+            endpoint,
+            &CounterScope::Consumer {
+                prefix: "/a",
+                consumer: "c:1",
+            },
+        ),
+        window_secs: 60,
+        limit,
+        hits: 1,
+        negative: false,
+        enforce: true,
+    }
+}
+
+#[tokio::test]
+async fn keys_have_the_documented_format_and_always_an_expiry() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(options(RedisTarget::Single(redis.url()))).unwrap();
+    ready(&store).await;
+    let out = store.apply(&[op("e", 10)], false).await.unwrap();
+    assert!(out.committed);
+    let window_start = out.now_ms - out.now_ms % 60_000;
+    let keys = redis.cli(&["--scan"]);
+    let key = format!("rls:{{d:e}}:p:/a:c:c%3A1:60000:{window_start}");
+    assert_eq!(keys.trim(), key);
+    let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "PTTL {ttl}");
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_cross_slot_request_consumes_nothing_on_any_slot() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.nodes.iter().map(|n| n.url()).collect();
+    let store = RedisStore::new(options(RedisTarget::Cluster(nodes))).unwrap();
+    ready(&store).await;
+    // Two endpoints whose counters live on different masters (redis-cli gives the three
+    // masters the slot ranges 0-5460, 5461-10922 and 10923-16383).
+    let master_of = |tag: &str| {
+        let slot: u32 = cluster.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", tag])
+            .trim()
+            .parse()
+            .unwrap();
+        slot / 5461
+    };
+    let full = op("full", 1);
+    store.apply(std::slice::from_ref(&full), false).await.unwrap();
+    let other = (0..100)
+        .map(|i| format!("roomy{i}"))
+        .find(|e| master_of(&format!("d:{e}")) != master_of("d:full"))
+        .unwrap();
+    let roomy = op(&other, 100);
+    let out = store
+        .apply(&[roomy.clone(), full.clone()], false)
+        .await
+        .unwrap();
+    assert!(!out.committed);
+    let check = CounterOp { hits: 0, ..roomy };
+    let after = store.apply(&[check], false).await.unwrap();
+    assert_eq!(
+        after.states[0].before, 0,
+        "the roomy counter got its hit back"
+    );
+}

@@ -1,0 +1,421 @@
+//! `RedisStore`: counters shared by every replica in one Redis or one Redis Cluster.
+//!
+//! Owns the check-and-count script, connections (multiplexed and pipelined: concurrent
+//! requests share them), per-call deadlines and the circuit breaker. Implements
+//! [`CounterStore`] and passes the same conformance suite as the memory store.
+//!
+//! Single node: one script call per request, whatever the number of counters (one round
+//! trip). Cluster: counters are grouped by hash tag (`{domain:endpoint}`), one script per
+//! group runs concurrently; when some groups count and another is over limit, the groups
+//! that counted are given their hits back, so a rejected request still consumes nothing.
+
+mod breaker;
+mod script;
+pub mod url;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Client, IntoConnectionInfo, TlsCertificates};
+use arc_swap::ArcSwapOption;
+use futures_util::future::join_all;
+
+use crate::limiter::{BatchOutcome, CounterOp, CounterStore, StoreError, StoreFuture};
+use breaker::Breaker;
+
+/// How often an open circuit probes Redis.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where Redis is.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server (or a proxy in front of several).
+    Single(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// Where.
+    pub target: RedisTarget,
+    /// Overrides the URL's password (read from `--redis-password-file`).
+    pub password: Option<String>,
+    /// PEM CA certificate(s) for `rediss://`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Deadline of every call.
+    pub timeout: Duration,
+    /// Prefix of every key.
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("target", &describe(&self.target))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The target with credentials redacted, for logs and `/config`.
+pub fn describe(target: &RedisTarget) -> String {
+    match target {
+        RedisTarget::Single(u) => url::redact(u),
+        RedisTarget::Cluster(nodes) => {
+            let nodes: Vec<String> = nodes.iter().map(|u| url::redact(u)).collect();
+            format!("cluster {}", nodes.join(","))
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(Arc<ArcSwapOption<ClusterConnection>>),
+}
+
+/// The Redis [`CounterStore`].
+pub struct RedisStore {
+    connection: Connection,
+    timeout: Duration,
+    key_prefix: String,
+    breaker: Arc<Breaker>,
+    described: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.described)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why Redis options were refused at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis settings: {0}")]
+pub struct RedisConfigError(String);
+
+impl RedisStore {
+    /// Builds the store without waiting for Redis: the service starts while Redis is down
+    /// and becomes ready when it answers. Must be called inside a Tokio runtime.
+    pub fn new(options: RedisOptions) -> Result<Arc<Self>, RedisConfigError> {
+        let described = describe(&options.target);
+        let bad = |e: ::redis::RedisError| RedisConfigError(format!("{described}: {e}"));
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: options.ca_pem.clone(),
+        };
+        let connection = match &options.target {
+            RedisTarget::Single(u) => {
+                let mut info = url::with_scheme(u).into_connection_info().map_err(bad)?;
+                if let Some(p) = &options.password {
+                    let settings = info.redis_settings().clone().set_password(p);
+                    info = info.set_redis_settings(settings);
+                }
+                let client = if options.ca_pem.is_some() {
+                    Client::build_with_tls(info, certs()).map_err(bad)?
+                } else {
+                    Client::open(info).map_err(bad)?
+                };
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.timeout.max(Duration::from_millis(250))))
+                    .set_response_timeout(Some(options.timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(200));
+                Connection::Single(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?,
+                )
+            }
+            RedisTarget::Cluster(nodes) => {
+                let nodes: Vec<String> = nodes.iter().map(|n| url::with_scheme(n)).collect();
+                let mut builder = ClusterClient::builder(nodes)
+                    .connection_timeout(options.timeout.max(Duration::from_millis(250)))
+                    .response_timeout(options.timeout)
+                    .retries(1);
+                if let Some(p) = &options.password {
+                    builder = builder.password(p);
+                }
+                if options.ca_pem.is_some() {
+                    builder = builder.certs(certs());
+                }
+                let client = builder.build().map_err(bad)?;
+                let slot = Arc::new(ArcSwapOption::empty());
+                tokio::spawn(connect_cluster(client, slot.clone(), described.clone()));
+                Connection::Cluster(slot)
+            }
+        };
+        let store = Arc::new(RedisStore {
+            connection,
+            timeout: options.timeout,
+            key_prefix: options.key_prefix,
+            breaker: Arc::new(Breaker::default()),
+            described,
+        });
+        tokio::spawn(probe(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// The target, credentials redacted.
+    pub fn described(&self) -> &str {
+        &self.described
+    }
+
+    /// Runs `call` with the deadline, feeding the breaker.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, ::redis::RedisError>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                return Ok(v);
+            }
+            Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
+            Err(_) => StoreError::Timeout,
+        };
+        self.breaker.failure(&result.to_string());
+        Err(result)
+    }
+
+    fn open_circuit(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "circuit open after repeated failures (last: {})",
+            self.breaker.last_error()
+        ))
+    }
+
+    async fn run_script(
+        &self,
+        ops: &[&CounterOp],
+        dry_run: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        let inv = script::invocation(&self.key_prefix, ops, dry_run);
+        let reply: Vec<i64> = match &self.connection {
+            Connection::Single(m) => {
+                let mut conn = m.clone();
+                self.guarded(async move { inv.invoke_async(&mut conn).await })
+                    .await?
+            }
+            Connection::Cluster(slot) => {
+                let Some(conn) = slot.load_full() else {
+                    return Err(StoreError::Unavailable(
+                        "not connected to the Redis Cluster yet".into(),
+                    ));
+                };
+                let mut conn = (*conn).clone();
+                self.guarded(async move { inv.invoke_async(&mut conn).await })
+                    .await?
+            }
+        };
+        script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)
+    }
+
+    async fn apply_cluster(
+        &self,
+        ops: &[CounterOp],
+        dry_run: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        // One group per hash tag: every key of a group is on one slot, so one script sees them.
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            groups.entry(hash_tag(op.key.as_str())).or_default().push(i);
+        }
+        if groups.len() == 1 {
+            let all: Vec<&CounterOp> = ops.iter().collect();
+            return self.run_script(&all, dry_run).await;
+        }
+        let groups: Vec<Vec<usize>> = groups.into_values().collect();
+        let results = join_all(groups.iter().map(|idx| {
+            let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
+            async move { self.run_script(&group, dry_run).await }
+        }))
+        .await;
+
+        let mut states = vec![None; ops.len()];
+        let mut now_ms = 0;
+        let mut all_committed = !dry_run;
+        let mut failure = None;
+        for (idx, r) in groups.iter().zip(&results) {
+            match r {
+                Ok(out) => {
+                    now_ms = now_ms.max(out.now_ms);
+                    all_committed &= out.committed;
+                    for (&i, s) in idx.iter().zip(&out.states) {
+                        states[i] = Some(*s);
+                    }
+                }
+                Err(e) => failure = Some(e.clone()),
+            }
+        }
+        if failure.is_some() || !all_committed {
+            // Give back what the groups that counted took: a rejected request consumes nothing.
+            self.refund(&groups, &results, ops).await;
+            for s in states.iter_mut().flatten() {
+                s.after = s.before;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(BatchOutcome {
+            now_ms,
+            committed: all_committed,
+            states: states.into_iter().map(Option::unwrap_or_default).collect(),
+        })
+    }
+
+    async fn refund(
+        &self,
+        groups: &[Vec<usize>],
+        results: &[Result<BatchOutcome, StoreError>],
+        ops: &[CounterOp],
+    ) {
+        let inverse: Vec<Vec<CounterOp>> = groups
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.as_ref().is_ok_and(|o| o.committed))
+            .map(|(idx, _)| {
+                idx.iter()
+                    .map(|&i| CounterOp {
+                        negative: !ops[i].negative,
+                        enforce: false,
+                        ..ops[i].clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        for group in &inverse {
+            let refs: Vec<&CounterOp> = group.iter().collect();
+            if let Err(e) = self.run_script(&refs, false).await {
+                tracing::warn!(error = %e, "could not give back the hits of a rejected cross-slot request");
+            }
+        }
+    }
+}
+
+/// The Redis Cluster hash tag of a key: the text between its first `{` and the next `}`.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(key, |(tag, _)| tag)
+}
+
+async fn connect_cluster(
+    client: ClusterClient,
+    slot: Arc<ArcSwapOption<ClusterConnection>>,
+    described: String,
+) {
+    let mut logged = false;
+    loop {
+        match client.get_async_connection().await {
+            Ok(conn) => {
+                slot.store(Some(Arc::new(conn)));
+                tracing::info!(redis = %described, "connected to the Redis Cluster");
+                return;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(redis = %described, error = %e, "cannot reach the Redis Cluster yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        }
+    }
+}
+
+/// While the circuit is open, pings Redis every [`PROBE_INTERVAL`]; the first answer closes
+/// it. Ends when the store is dropped.
+async fn probe(store: std::sync::Weak<RedisStore>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(store) = store.upgrade() else { return };
+        if store.breaker.is_open() {
+            let _ = store.ping_now().await;
+        }
+    }
+}
+
+impl RedisStore {
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        let pong: String = match &self.connection {
+            Connection::Single(m) => {
+                let mut conn = m.clone();
+                self.guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
+                    .await?
+            }
+            Connection::Cluster(slot) => {
+                let Some(conn) = slot.load_full() else {
+                    return Err(StoreError::Unavailable(
+                        "not connected to the Redis Cluster yet".into(),
+                    ));
+                };
+                let mut conn = (*conn).clone();
+                self.guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
+                    .await?
+            }
+        };
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "unexpected PING reply {pong:?}"
+            )))
+        }
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome> {
+        Box::pin(async move {
+            if self.breaker.is_open() {
+                return Err(self.open_circuit());
+            }
+            match &self.connection {
+                Connection::Single(_) => {
+                    let all: Vec<&CounterOp> = ops.iter().collect();
+                    self.run_script(&all, dry_run).await
+                }
+                Connection::Cluster(_) => self.apply_cluster(ops, dry_run).await,
+            }
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if self.breaker.is_open() {
+                return Err(self.open_circuit());
+            }
+            self.ping_now().await
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.connection {
+            Connection::Single(_) => "redis",
+            Connection::Cluster(_) => "redis-cluster",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags() {
+        assert_eq!(hash_tag("rls:{kcse:ep}:p:/a:c:x"), "kcse:ep");
+        assert_eq!(hash_tag("{a}"), "a");
+        assert_eq!(hash_tag("plain"), "plain");
+    }
+}
