@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use crate::config::{self, Config, OverallLimit, Severity};
 use crate::grpc::convert;
-use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use crate::proto::rate_limit_response;
 use crate::proto::rate_limit_service_client::RateLimitServiceClient;
-use crate::proto::{RateLimitDescriptor, RateLimitRequest, rate_limit_response};
 use crate::settings::{CheckArgs, LogFormat, ValidateArgs};
 
 /// Sets up `tracing` on stderr (stdout stays for command output): level from `RUST_LOG`,
@@ -129,24 +128,8 @@ async fn check_call(args: &CheckArgs) -> anyhow::Result<crate::proto::RateLimitR
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.addr))?;
-    let request = RateLimitRequest {
-        domain: args.domain.clone(),
-        descriptors: args
-            .descriptors
-            .iter()
-            .map(|pairs| RateLimitDescriptor {
-                entries: pairs
-                    .iter()
-                    .map(|(k, v)| Entry {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
-                ..RateLimitDescriptor::default()
-            })
-            .collect(),
-        hits_addend: args.hits,
-    };
+    let request =
+        convert::request_from_pairs(&args.domain, &args.descriptors, args.hits, str::to_owned);
     let resp = RateLimitServiceClient::new(channel)
         .should_rate_limit(request)
         .await

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ironclad_rls::settings::{Cli, Command};
-use ironclad_rls::{app, cli, shutdown};
+use ironclad_rls::{app, bench, cli, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -21,5 +21,6 @@ async fn main() -> ExitCode {
         }
         Command::Validate(args) => cli::validate(&args),
         Command::Check(args) => cli::check(&args).await,
+        Command::Bench(args) => bench::run(&args).await,
     }
 }

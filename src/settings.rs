@@ -28,6 +28,8 @@ pub enum Command {
     /// Make one ShouldRateLimit call and print the response as JSON.
     /// Exit 0 for OK, 2 for OVER_LIMIT, 1 on error.
     Check(CheckArgs),
+    /// Load a running service with ShouldRateLimit calls and print throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// `serve` flags.
@@ -153,6 +155,44 @@ pub struct CheckArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The service's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub addr: String,
+
+    /// The rate limit domain.
+    #[arg(long, default_value = "kcse")]
+    pub domain: String,
+
+    /// One descriptor, as for `check` (repeatable). `{n}` in a value is replaced by the call's
+    /// number modulo `--distinct`, to spread calls over many counters.
+    #[arg(long = "descriptor", required = true, value_parser = parse_descriptor)]
+    pub descriptors: Vec<Vec<(String, String)>>,
+
+    /// Number of distinct values `{n}` takes.
+    #[arg(long, default_value_t = 10_000)]
+    pub distinct: u64,
+
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Also print the figures as one Markdown table row starting with this label
+    /// (`| label | calls/s | p50 | p99 | p999 | errors |`).
+    #[arg(long)]
+    pub markdown_row: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -106,7 +106,10 @@ async fn a_rejected_cross_slot_request_consumes_nothing_on_any_slot() {
         slot / 5461
     };
     let full = op("full", 1);
-    store.apply(std::slice::from_ref(&full), false).await.unwrap();
+    store
+        .apply(std::slice::from_ref(&full), false)
+        .await
+        .unwrap();
     let other = (0..100)
         .map(|i| format!("roomy{i}"))
         .find(|e| master_of(&format!("d:{e}")) != master_of("d:full"))

@@ -190,10 +190,15 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
         // `client: 007` is an id, not the number 7.
         leading_zero_numbers_as_strings: true,
         with_snippet: false,
+        // A real limits file has a few hundred nodes and no aliases; these bounds leave
+        // room for big ones while a hostile file is refused in milliseconds.
         budget: serde_saphyr::budget! {
             max_depth: 64,
             max_aliases: 1_000,
-            max_nodes: 1_000_000,
+            max_nodes: 200_000,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 200_000,
         },
     };
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {

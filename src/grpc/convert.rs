@@ -8,10 +8,11 @@ use crate::config::Unit;
 use crate::descriptor::Entry;
 use crate::limiter::{Code, Decision, Descriptor, DescriptorStatus, Request};
 use crate::proto::envoy::config::core::v3::HeaderValue;
+use crate::proto::rate_limit_descriptor::Entry as ProtoEntry;
 use crate::proto::rate_limit_response::{
     DescriptorStatus as ProtoStatus, RateLimit, rate_limit::Unit as ProtoUnit,
 };
-use crate::proto::{RateLimitRequest, RateLimitResponse, rate_limit_response};
+use crate::proto::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_response};
 
 /// Converts a request. Never fails: bounds are checked by the limiter, which names the
 /// offending part in its error.
@@ -35,6 +36,33 @@ pub fn request_from_proto(req: RateLimitRequest) -> Request {
                 is_negative_hits: d.is_negative_hits,
             })
             .collect(),
+    }
+}
+
+/// Builds a request from `key=value` descriptors, as the `check` and `bench` commands take
+/// them; `value` may rewrite each value (`bench` fills in `{n}`).
+pub fn request_from_pairs(
+    domain: &str,
+    descriptors: &[Vec<(String, String)>],
+    hits_addend: u32,
+    value: impl Fn(&str) -> String,
+) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: descriptors
+            .iter()
+            .map(|pairs| RateLimitDescriptor {
+                entries: pairs
+                    .iter()
+                    .map(|(k, v)| ProtoEntry {
+                        key: k.clone(),
+                        value: value(v),
+                    })
+                    .collect(),
+                ..RateLimitDescriptor::default()
+            })
+            .collect(),
+        hits_addend,
     }
 }
 

@@ -1,0 +1,109 @@
+//! Exactness across replicas: 3 service processes sharing one Redis (or one 3-master Redis
+//! Cluster), 128 concurrent callers, limit 1000: exactly 1000 admitted, every run.
+
+use std::time::Duration;
+
+use integration_tests::redis::{RedisCluster, RedisServer};
+use integration_tests::{Rls, request, temp_file, wait_for_fresh_window};
+use ironclad_rls::proto::rate_limit_response::Code;
+
+const LIMITS: &str = "kcse_rate_limits:
+  endpoints:
+    - name: shared
+      shortname: ep
+      overall_limit: 1000
+      unit: hour
+      uri_prefixes:
+        - {prefix: /, value: 100000, anon_value: 100000}
+";
+
+/// Sends 2048 requests from 128 concurrent callers spread over `replicas`; returns
+/// (admitted, over limit, errors).
+async fn storm(replicas: &[Rls]) -> (u64, u64, u64) {
+    let mut tasks = Vec::new();
+    for i in 0..128 {
+        let mut client = replicas[i % replicas.len()].client().await;
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut over, mut err) = (0, 0, 0);
+            for j in 0..16 {
+                let consumer = format!("c{}", (i * 16 + j) % 37);
+                let r = request(
+                    "kcse",
+                    &[&[("endpoint", "ep"), ("path", "/x"), ("consumer", &consumer)]],
+                );
+                match client.should_rate_limit(r).await {
+                    Ok(resp) if resp.get_ref().overall_code == Code::Ok as i32 => ok += 1,
+                    Ok(_) => over += 1,
+                    Err(_) => err += 1,
+                }
+            }
+            (ok, over, err)
+        }));
+    }
+    let mut total = (0, 0, 0);
+    for t in tasks {
+        let (a, b, c) = t.await.unwrap();
+        total = (total.0 + a, total.1 + b, total.2 + c);
+    }
+    total
+}
+
+fn start_replicas(redis_flag: &str, redis: &str, config: &str) -> Vec<Rls> {
+    // A generous deadline: this test is about atomicity on a busy 2-core machine, not latency.
+    (0..3)
+        .map(|_| {
+            Rls::start(&[
+                "--config",
+                config,
+                redis_flag,
+                redis,
+                "--redis-timeout",
+                "2s",
+            ])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let (_dir, file) = temp_file("limits.yaml", LIMITS);
+    let replicas = start_replicas("--redis-url", &redis.url(), file.to_str().unwrap());
+    wait_for_fresh_window(3600, Duration::from_secs(30));
+    let (ok, over, err) = storm(&replicas).await;
+    println!("single Redis: admitted {ok}, over limit {over}, errors {err}");
+    assert_eq!(err, 0);
+    assert_eq!(ok, 1000, "exactly the limit is admitted");
+    assert_eq!(over, 2048 - 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
+    let cluster = RedisCluster::start();
+    let (_dir, file) = temp_file("limits.yaml", LIMITS);
+    let replicas = start_replicas(
+        "--redis-cluster-url",
+        &cluster.urls(),
+        file.to_str().unwrap(),
+    );
+    // The replicas connect to the cluster in the background: wait until they are ready.
+    for r in &replicas {
+        integration_tests::eventually(Duration::from_secs(20), "replica ready", || {
+            (r.admin_get("/readyz").0 == 200).then_some(())
+        });
+    }
+    wait_for_fresh_window(3600, Duration::from_secs(30));
+    let (ok, over, err) = storm(&replicas).await;
+    println!("Redis Cluster: admitted {ok}, over limit {over}, errors {err}");
+    assert_eq!(err, 0);
+    assert_eq!(ok, 1000, "exactly the limit is admitted");
+    // The counters landed on the cluster, keyed by the documented format.
+    assert!(
+        cluster
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("rls:{kcse:ep}:o:3600000:")),
+        "{:?}",
+        cluster.keys()
+    );
+}
