@@ -1,4 +1,5 @@
-//! The admin HTTP side: `/healthz`, `/readyz`, `/config` (service.md §3).
+//! The admin HTTP side (service.md §3): `/healthz`, `/readyz`, `/metrics`, `/config`, and
+//! `POST /json` for clients that are not Envoy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,14 +7,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::config::{Config, Diagnostic, Loaded};
-use crate::limiter::RateLimiter;
+use crate::grpc::{MAX_MESSAGE_BYTES, convert, json};
+use crate::limiter::{Code, RateLimiter};
+use crate::metrics::Metrics;
+use crate::service::{Decider, Refusal};
 
 /// How long `/readyz` waits for the counter store before calling it unready.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,6 +66,12 @@ pub struct AdminState {
     pub config: Arc<ArcSwap<ConfigInfo>>,
     /// Set from SIGTERM on: `/readyz` answers 503 so load balancers stop sending.
     pub draining: Arc<AtomicBool>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Decides `POST /json` requests.
+    pub decider: Decider,
+    /// Add `RateLimit-*` headers to answers (`--response-headers`).
+    pub response_headers: bool,
 }
 
 /// The admin router.
@@ -69,31 +80,68 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/config", get(config))
+        .route("/metrics", get(metrics))
+        .route("/json", post(json_request))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> Response {
+/// Whether the service can answer now; the reason when it cannot.
+pub async fn readiness(s: &AdminState) -> Result<(), String> {
     if s.draining.load(Ordering::SeqCst) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
-        )
-            .into_response();
+        return Err("shutting down".into());
     }
     let store = s.limiter.store();
     match tokio::time::timeout(READY_PROBE_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "{} counter store did not answer within {READY_PROBE_TIMEOUT:?}",
+            store.kind()
+        )),
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `POST /json`: a RateLimitRequest in proto3 JSON → the RateLimitResponse as JSON, with 200
+/// for OK, 429 for OVER_LIMIT, 400 for bad input, 503 when the counter store failed.
+async fn json_request(State(s): State<AdminState>, body: Bytes) -> Response {
+    let bad = |status: StatusCode, message: String| {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let request = match json::request_from_json(&value) {
+        Ok(r) => r,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+    };
+    match s.decider.decide(&request).await {
+        Ok(decision) => {
+            let status = match decision.overall_code {
+                Code::Ok => StatusCode::OK,
+                Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,
+            };
+            let response = convert::response_to_proto(&decision, s.response_headers);
+            (status, Json(convert::response_to_json(&response))).into_response()
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: {} counter store did not answer within {READY_PROBE_TIMEOUT:?}\n",
-                store.kind()
-            ),
-        )
-            .into_response(),
+        Err(Refusal::Invalid(e)) => bad(StatusCode::BAD_REQUEST, e),
+        Err(Refusal::Unavailable(e)) => bad(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    match readiness(&s).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }
 

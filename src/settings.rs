@@ -95,6 +95,28 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_ON_BACKEND_ERROR", value_enum, default_value_t = OnBackendError::Error)]
     pub on_backend_error: OnBackendError,
 
+    /// A count above this fraction of a limit is `near_limit` in `ratelimit_hits_total`.
+    #[arg(long, env = "RLS_NEAR_LIMIT_RATIO", default_value_t = 0.8, value_parser = parse_ratio)]
+    pub near_limit_ratio: f64,
+
+    /// Distinct consumer ids the soft-threshold metric's `consumer` label may take; past it
+    /// the label reads `_other`.
+    #[arg(long, env = "RLS_SOFT_CONSUMER_LABELS", default_value_t = 1000)]
+    pub soft_consumer_labels: usize,
+
+    /// PEM certificate chain for the gRPC listener: serve gRPC over TLS (HTTP/2, ALPN h2).
+    /// Reloaded when the file changes.
+    #[arg(long, env = "RLS_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--grpc-tls-cert`.
+    #[arg(long, env = "RLS_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "RLS_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "RLS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -199,6 +221,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 15ms, 5s, 1m)"))
 }
 
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("expected a number from 0 to 1".into()),
+    }
+}
+
 fn parse_key_prefix(s: &str) -> Result<String, String> {
     // A brace would become the Redis Cluster hash tag of every key, piling all counters
     // on one slot.
@@ -241,6 +270,9 @@ mod tests {
         assert_eq!(s.redis_key_prefix, "rls");
         assert_eq!(s.on_backend_error, OnBackendError::Error);
         assert!(s.redis_url.is_none() && s.redis_cluster_url.is_empty());
+        assert!((s.near_limit_ratio - 0.8).abs() < f64::EPSILON);
+        assert_eq!(s.soft_consumer_labels, 1000);
+        assert!(s.grpc_tls_cert.is_none());
     }
 
     #[test]

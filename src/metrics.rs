@@ -1,0 +1,303 @@
+//! Prometheus metrics (service.md §3) in an explicit registry (no global state: every
+//! service instance, and every test, has its own).
+//!
+//! Labels never carry unbounded request data: `rule` is a rule name from the configuration,
+//! and the soft-threshold `consumer` label takes at most a configured number of distinct
+//! client ids, after which it reads `_other`.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::descriptor::ANONYMOUS;
+use crate::limiter::{BatchOutcome, CounterOp, CounterOutcome, CounterStore, Decision, StoreError, StoreFuture};
+
+/// The `consumer` label value once the bound on distinct consumers is reached.
+pub const OTHER_CONSUMER: &str = "_other";
+
+/// Outcome of a request, for `ratelimit_requests_total{code}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestCode {
+    /// Answered OK.
+    Ok,
+    /// Answered OVER_LIMIT.
+    OverLimit,
+    /// Refused as invalid.
+    Invalid,
+    /// The counter store failed.
+    BackendError,
+}
+
+impl RequestCode {
+    fn label(self) -> &'static str {
+        match self {
+            RequestCode::Ok => "ok",
+            RequestCode::OverLimit => "over_limit",
+            RequestCode::Invalid => "invalid",
+            RequestCode::BackendError => "backend_error",
+        }
+    }
+}
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    hits: IntCounterVec,
+    soft_crossings: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: Histogram,
+    backend_duration: Histogram,
+    backend_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    last_success: Gauge,
+    near_limit_ratio: f64,
+    consumers: Mutex<HashSet<String>>,
+    max_consumers: usize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Latency buckets from 100 µs to 1 s: an RLS answers in about a millisecond and Envoy gives
+/// it 20 ms by default.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new(near_limit_ratio: f64, max_consumers: usize) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let hits = counter(
+            "ratelimit_hits_total",
+            "Hits per rule: within_limit (admitted), near_limit (admitted above the near-limit ratio), over_limit (rejected), shadow_over_limit (over but allowed by shadow mode).",
+            &["domain", "rule", "outcome"],
+        )?;
+        let soft_crossings = counter(
+            "ratelimit_soft_limit_crossings_total",
+            "Soft thresholds (soft.value + k * soft.step, up to the limit) crossed by consumer counters.",
+            &["domain", "endpoint", "prefix", "consumer"],
+        )?;
+        let requests = counter("ratelimit_requests_total", "ShouldRateLimit requests by answer.", &["code"])?;
+        let backend_errors = counter("ratelimit_backend_errors_total", "Counter store failures.", &["kind"])?;
+        let reloads = counter("ratelimit_config_reloads_total", "Configuration loads after start-up.", &["result"])?;
+        let request_duration = histogram("ratelimit_request_duration_seconds", "Time to decide a ShouldRateLimit request.")?;
+        let backend_duration = histogram("ratelimit_backend_duration_seconds", "Counter store round trips.")?;
+        let generation = IntGauge::new("ratelimit_config_generation", "Generation of the configuration being served.")?;
+        registry.register(Box::new(generation.clone()))?;
+        let last_success = Gauge::new(
+            "ratelimit_config_last_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )?;
+        registry.register(Box::new(last_success.clone()))?;
+        Ok(Metrics {
+            registry,
+            hits,
+            soft_crossings,
+            requests,
+            request_duration,
+            backend_duration,
+            backend_errors,
+            reloads,
+            generation,
+            last_success,
+            near_limit_ratio,
+            consumers: Mutex::new(HashSet::new()),
+            max_consumers,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Counts a request's answer and how long it took.
+    pub fn request(&self, code: RequestCode, took: Duration) {
+        self.requests.with_label_values(&[code.label()]).inc();
+        self.request_duration.observe(took.as_secs_f64());
+    }
+
+    /// Times one counter store round trip; `error` names the failure kind.
+    pub fn backend_call(&self, took: Duration, error: Option<&str>) {
+        self.backend_duration.observe(took.as_secs_f64());
+        if let Some(kind) = error {
+            self.backend_errors.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Counts a configuration load after start-up.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "error" }])
+            .inc();
+    }
+
+    /// Records the configuration now served.
+    pub fn config_loaded(&self, generation: u64, unix_secs: f64) {
+        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.last_success.set(unix_secs);
+    }
+
+    /// Counts every hit of a decided request per rule and outcome, and soft crossings.
+    pub fn decision(&self, domain: &str, d: &Decision, global_shadow: bool) {
+        for c in &d.counters {
+            if c.hits == 0 {
+                continue;
+            }
+            let hits = |outcome: &str, n: u64| {
+                if n > 0 {
+                    self.hits.with_label_values(&[domain, &c.rule.name, outcome]).inc_by(n);
+                }
+            };
+            if c.state.over {
+                // Allowed anyway: by the rule's own shadow mode, or the global one.
+                let shadowed = c.rule.shadow || global_shadow;
+                hits(if shadowed { "shadow_over_limit" } else { "over_limit" }, c.hits);
+            } else if d.committed && c.state.after > c.state.before {
+                // Admitted and counted (a give-back lowers the count and is not a hit).
+                hits("within_limit", c.hits);
+                hits("near_limit", self.near_limit_hits(c));
+                self.soft_crossings_of(domain, c);
+            }
+        }
+    }
+
+    /// The admitted hits above `near_limit_ratio × limit` (as envoyproxy/ratelimit counts).
+    fn near_limit_hits(&self, c: &CounterOutcome) -> u64 {
+        let threshold = (f64::from(c.rule.limit) * self.near_limit_ratio).floor() as u64;
+        let (before, after) = (c.state.before, c.state.after);
+        if after <= threshold {
+            0
+        } else {
+            after - before.max(threshold)
+        }
+    }
+
+    fn soft_crossings_of(&self, domain: &str, c: &CounterOutcome) {
+        let (Some(soft), Some(prefix)) = (c.rule.soft, &c.rule.labels.prefix) else {
+            return;
+        };
+        let n = soft_crossings(c.state.before, c.state.after, soft.value, soft.step, c.rule.limit.into());
+        if n == 0 {
+            return;
+        }
+        let consumer = self.consumer_label(c.rule.labels.consumer.as_deref());
+        self.soft_crossings
+            .with_label_values(&[domain, &c.rule.labels.endpoint, prefix, &consumer])
+            .inc_by(n);
+    }
+
+    fn consumer_label(&self, consumer: Option<&str>) -> String {
+        let Some(id) = consumer else {
+            return ANONYMOUS.to_owned();
+        };
+        let mut seen = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(id) {
+            return id.to_owned();
+        }
+        if seen.len() < self.max_consumers {
+            seen.insert(id.to_owned());
+            return id.to_owned();
+        }
+        OTHER_CONSUMER.to_owned()
+    }
+}
+
+/// How many thresholds `t = value + k × step` (k ≥ 0, `t ≤ limit`) an increment from `before`
+/// to `after` crosses: `before < t ≤ after` (limits-format.md §6).
+pub fn soft_crossings(before: u64, after: u64, value: u64, step: u64, limit: u64) -> u64 {
+    let lo = before.saturating_add(1).max(value);
+    let hi = after.min(limit);
+    if step == 0 || lo > hi {
+        return 0;
+    }
+    // Thresholds are value, value + step, ...: count those in [lo, hi].
+    let first = value + (lo - value).div_ceil(step) * step;
+    if first > hi { 0 } else { (hi - first) / step + 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_crossings_follow_the_spec() {
+        // soft {value 8, step 2}, limit 12: thresholds 8, 10, 12.
+        assert_eq!(soft_crossings(0, 7, 8, 2, 12), 0);
+        assert_eq!(soft_crossings(7, 8, 8, 2, 12), 1);
+        assert_eq!(soft_crossings(8, 9, 8, 2, 12), 0);
+        assert_eq!(soft_crossings(9, 12, 8, 2, 12), 2);
+        assert_eq!(soft_crossings(0, 20, 8, 2, 12), 3, "thresholds above the limit do not count");
+        assert_eq!(soft_crossings(12, 13, 8, 2, 12), 0);
+        assert_eq!(soft_crossings(0, 1, 0, 1, 5), 1, "value 0: the first hit crosses 1 (0 is not crossed from 0)");
+    }
+
+    #[test]
+    fn the_consumer_label_is_bounded() {
+        let m = Metrics::new(0.8, 2).unwrap();
+        assert_eq!(m.consumer_label(Some("a")), "a");
+        assert_eq!(m.consumer_label(Some("b")), "b");
+        assert_eq!(m.consumer_label(Some("c")), OTHER_CONSUMER);
+        assert_eq!(m.consumer_label(Some("a")), "a");
+        assert_eq!(m.consumer_label(None), ANONYMOUS);
+    }
+}
+
+/// A [`CounterStore`] decorator that times every round trip and counts failures by kind.
+#[derive(Debug)]
+pub struct TimedStore {
+    inner: std::sync::Arc<dyn CounterStore>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl TimedStore {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<dyn CounterStore>, metrics: std::sync::Arc<Metrics>) -> Self {
+        TimedStore { inner, metrics }
+    }
+}
+
+impl CounterStore for TimedStore {
+    fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome> {
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let result = self.inner.apply(ops, dry_run).await;
+            let kind = result.as_ref().err().map(|e| match e {
+                StoreError::Timeout => "timeout",
+                StoreError::Unavailable(_) => "unavailable",
+            });
+            self.metrics.backend_call(start.elapsed(), kind);
+            result
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.inner.ping()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}

@@ -1,0 +1,185 @@
+//! TLS for the gRPC listener (rustls, no OpenSSL): server certificate, optional client CA for
+//! mutual TLS, and reload when the files change (a renewed certificate is served to new
+//! connections without a restart; a broken file keeps the previous configuration).
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PEM files behind the gRPC listener's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA bundle for client certificates (mutual TLS), if required.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Every file, for the watcher.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut p = vec![self.cert.clone(), self.key.clone()];
+        p.extend(self.client_ca.clone());
+        p
+    }
+}
+
+/// The current server configuration, swapped on reload.
+#[derive(Debug)]
+pub struct ReloadingTls {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl ReloadingTls {
+    /// Loads the files; an error names the file.
+    pub fn load(files: TlsFiles) -> anyhow::Result<Self> {
+        let config = build(&files)?;
+        Ok(ReloadingTls {
+            files,
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// Loads the files again; on error the previous configuration stays.
+    pub fn reload(&self) {
+        match build(&self.files) {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                tracing::info!("gRPC TLS certificates reloaded");
+            }
+            Err(e) => tracing::error!("gRPC TLS reload failed; keeping the previous certificates: {e:#}"),
+        }
+    }
+
+    /// The files, for the watcher.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+fn build(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
+    let certs = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("cannot read a private key from {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots
+                    .add(c)
+                    .with_context(|| format!("invalid CA certificate in {}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .with_context(|| format!("{} and {} do not make a valid certificate and key", files.cert.display(), files.key.display()))?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn read_certs(path: &PathBuf) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("cannot read certificates from {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    Ok(certs)
+}
+
+/// A TLS connection as tonic's server takes it.
+pub struct TlsConnection(TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TCP connections and completes their handshakes concurrently (a slow client never
+/// holds up others); yields the established connections. Failed handshakes are logged at
+/// debug level and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+) -> impl futures_util::Stream<Item = std::io::Result<TlsConnection>> {
+    let (tx, rx) = mpsc::channel::<TlsConnection>(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                return;
+            }
+            let acceptor = tls.acceptor();
+            let sender = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(TlsConnection(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) })
+}
