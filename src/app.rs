@@ -46,7 +46,10 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     // rustls needs one process-wide crypto provider; `Err` means one is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = load(&args)?;
-    let metrics = Arc::new(Metrics::new(args.near_limit_ratio, args.soft_consumer_labels)?);
+    let metrics = Arc::new(Metrics::new(
+        args.near_limit_ratio,
+        args.soft_consumer_labels,
+    )?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (store, redis) = build_store(&args, &clock)?;
     let counter_store = redis.clone().unwrap_or_else(|| "memory".to_owned());
@@ -60,7 +63,11 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             over_limit_cache: redis.is_some(),
         },
     ));
-    let info = Arc::new(ArcSwap::from_pointee(ConfigInfo::new(1, &loaded, &counter_store)));
+    let info = Arc::new(ArcSwap::from_pointee(ConfigInfo::new(
+        1,
+        &loaded,
+        &counter_store,
+    )));
     metrics.config_loaded(1, reload::unix_now());
     log_summary(&loaded, 1);
 
@@ -79,7 +86,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     };
     // Kept alive for the life of the service; without it SIGHUP still reloads.
     let _config_watch = watch::watch("configuration", &args.config, on_change)
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP"))
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP"),
+        )
         .ok();
     tokio::spawn(reload::on_sighup(reloader));
 
@@ -94,12 +103,19 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let _tls_watch = match &tls {
         Some(t) => {
             let t2 = t.clone();
-            Some(watch::watch("TLS", &t.files().paths(), move || t2.reload())?)
+            Some(watch::watch("TLS", &t.files().paths(), move || {
+                t2.reload()
+            })?)
         }
         None => None,
     };
 
-    let decider = Decider::new(limiter.clone(), metrics.clone(), args.on_backend_error, args.shadow_mode);
+    let decider = Decider::new(
+        limiter.clone(),
+        metrics.clone(),
+        args.on_backend_error,
+        args.shadow_mode,
+    );
     let draining = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         limiter,
@@ -135,9 +151,10 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         .add_service(reflection)
         .add_service(RateLimitGrpc::new(decider, args.response_headers).into_server());
     let grpc = match tls {
-        Some(tls) => tokio::spawn(
-            router.serve_with_incoming_shutdown(tls::incoming(grpc_listener, tls), stopped(grpc_stop_rx)),
-        ),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(grpc_listener, tls),
+            stopped(grpc_stop_rx),
+        )),
         None => tokio::spawn(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(grpc_stop_rx),
@@ -204,7 +221,10 @@ async fn follow_readiness(state: AdminState, health: HealthReporter) {
 
 /// The counter store named by the flags, and (for Redis) its description with credentials
 /// redacted.
-fn build_store(args: &ServeArgs, clock: &Arc<dyn Clock>) -> anyhow::Result<(Arc<dyn CounterStore>, Option<String>)> {
+fn build_store(
+    args: &ServeArgs,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<(Arc<dyn CounterStore>, Option<String>)> {
     let target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
         (Some(url), _) => RedisTarget::Single(url.clone()),
         (None, []) => return Ok((Arc::new(MemoryStore::new(clock.clone())), None)),
@@ -222,7 +242,9 @@ fn build_store(args: &ServeArgs, clock: &Arc<dyn Clock>) -> anyhow::Result<(Arc<
     let ca_pem = args
         .redis_ca_file
         .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("cannot read --redis-ca-file {}", p.display())))
+        .map(|p| {
+            std::fs::read(p).with_context(|| format!("cannot read --redis-ca-file {}", p.display()))
+        })
         .transpose()?;
     let store = RedisStore::new(RedisOptions {
         target,

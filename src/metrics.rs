@@ -14,7 +14,9 @@ use prometheus::{
 };
 
 use crate::descriptor::ANONYMOUS;
-use crate::limiter::{BatchOutcome, CounterOp, CounterOutcome, CounterStore, Decision, StoreError, StoreFuture};
+use crate::limiter::{
+    BatchOutcome, CounterOp, CounterOutcome, CounterStore, Decision, StoreError, StoreFuture,
+};
 
 /// The `consumer` label value once the bound on distinct consumers is reached.
 pub const OTHER_CONSUMER: &str = "_other";
@@ -76,13 +78,16 @@ impl Metrics {
     /// Registers every metric in a new registry.
     pub fn new(near_limit_ratio: f64, max_consumers: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))?;
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )?;
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
@@ -96,12 +101,33 @@ impl Metrics {
             "Soft thresholds (soft.value + k * soft.step, up to the limit) crossed by consumer counters.",
             &["domain", "endpoint", "prefix", "consumer"],
         )?;
-        let requests = counter("ratelimit_requests_total", "ShouldRateLimit requests by answer.", &["code"])?;
-        let backend_errors = counter("ratelimit_backend_errors_total", "Counter store failures.", &["kind"])?;
-        let reloads = counter("ratelimit_config_reloads_total", "Configuration loads after start-up.", &["result"])?;
-        let request_duration = histogram("ratelimit_request_duration_seconds", "Time to decide a ShouldRateLimit request.")?;
-        let backend_duration = histogram("ratelimit_backend_duration_seconds", "Counter store round trips.")?;
-        let generation = IntGauge::new("ratelimit_config_generation", "Generation of the configuration being served.")?;
+        let requests = counter(
+            "ratelimit_requests_total",
+            "ShouldRateLimit requests by answer.",
+            &["code"],
+        )?;
+        let backend_errors = counter(
+            "ratelimit_backend_errors_total",
+            "Counter store failures.",
+            &["kind"],
+        )?;
+        let reloads = counter(
+            "ratelimit_config_reloads_total",
+            "Configuration loads after start-up.",
+            &["result"],
+        )?;
+        let request_duration = histogram(
+            "ratelimit_request_duration_seconds",
+            "Time to decide a ShouldRateLimit request.",
+        )?;
+        let backend_duration = histogram(
+            "ratelimit_backend_duration_seconds",
+            "Counter store round trips.",
+        )?;
+        let generation = IntGauge::new(
+            "ratelimit_config_generation",
+            "Generation of the configuration being served.",
+        )?;
         registry.register(Box::new(generation.clone()))?;
         let last_success = Gauge::new(
             "ratelimit_config_last_success_timestamp_seconds",
@@ -156,7 +182,8 @@ impl Metrics {
 
     /// Records the configuration now served.
     pub fn config_loaded(&self, generation: u64, unix_secs: f64) {
-        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.last_success.set(unix_secs);
     }
 
@@ -168,13 +195,22 @@ impl Metrics {
             }
             let hits = |outcome: &str, n: u64| {
                 if n > 0 {
-                    self.hits.with_label_values(&[domain, &c.rule.name, outcome]).inc_by(n);
+                    self.hits
+                        .with_label_values(&[domain, &c.rule.name, outcome])
+                        .inc_by(n);
                 }
             };
             if c.state.over {
                 // Allowed anyway: by the rule's own shadow mode, or the global one.
                 let shadowed = c.rule.shadow || global_shadow;
-                hits(if shadowed { "shadow_over_limit" } else { "over_limit" }, c.hits);
+                hits(
+                    if shadowed {
+                        "shadow_over_limit"
+                    } else {
+                        "over_limit"
+                    },
+                    c.hits,
+                );
             } else if d.committed && c.state.after > c.state.before {
                 // Admitted and counted (a give-back lowers the count and is not a hit).
                 hits("within_limit", c.hits);
@@ -199,7 +235,13 @@ impl Metrics {
         let (Some(soft), Some(prefix)) = (c.rule.soft, &c.rule.labels.prefix) else {
             return;
         };
-        let n = soft_crossings(c.state.before, c.state.after, soft.value, soft.step, c.rule.limit.into());
+        let n = soft_crossings(
+            c.state.before,
+            c.state.after,
+            soft.value,
+            soft.step,
+            c.rule.limit.into(),
+        );
         if n == 0 {
             return;
         }
@@ -213,7 +255,10 @@ impl Metrics {
         let Some(id) = consumer else {
             return ANONYMOUS.to_owned();
         };
-        let mut seen = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if seen.contains(id) {
             return id.to_owned();
         }
@@ -235,7 +280,11 @@ pub fn soft_crossings(before: u64, after: u64, value: u64, step: u64, limit: u64
     }
     // Thresholds are value, value + step, ...: count those in [lo, hi].
     let first = value + (lo - value).div_ceil(step) * step;
-    if first > hi { 0 } else { (hi - first) / step + 1 }
+    if first > hi {
+        0
+    } else {
+        (hi - first) / step + 1
+    }
 }
 
 #[cfg(test)]
@@ -249,9 +298,17 @@ mod tests {
         assert_eq!(soft_crossings(7, 8, 8, 2, 12), 1);
         assert_eq!(soft_crossings(8, 9, 8, 2, 12), 0);
         assert_eq!(soft_crossings(9, 12, 8, 2, 12), 2);
-        assert_eq!(soft_crossings(0, 20, 8, 2, 12), 3, "thresholds above the limit do not count");
+        assert_eq!(
+            soft_crossings(0, 20, 8, 2, 12),
+            3,
+            "thresholds above the limit do not count"
+        );
         assert_eq!(soft_crossings(12, 13, 8, 2, 12), 0);
-        assert_eq!(soft_crossings(0, 1, 0, 1, 5), 1, "value 0: the first hit crosses 1 (0 is not crossed from 0)");
+        assert_eq!(
+            soft_crossings(0, 1, 0, 1, 5),
+            1,
+            "value 0: the first hit crosses 1 (0 is not crossed from 0)"
+        );
     }
 
     #[test]

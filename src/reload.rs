@@ -49,7 +49,10 @@ impl Reloader {
     /// Loads the configuration again. Unless `force`d (SIGHUP), a configuration identical to
     /// the one served (same SHA-256) is left alone. Returns true when new rules were swapped in.
     pub fn reload(&self, force: bool) -> bool {
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.info.load_full();
         match config::load_paths(&self.paths) {
             Ok(loaded) if !force && loaded.sha256 == current.sha256 => {
@@ -62,7 +65,10 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.reload(false);
-                tracing::error!(generation = current.generation, "configuration reload failed; the previous configuration keeps serving: {e}");
+                tracing::error!(
+                    generation = current.generation,
+                    "configuration reload failed; the previous configuration keeps serving: {e}"
+                );
                 false
             }
         }
@@ -70,8 +76,13 @@ impl Reloader {
 
     fn swap_in(&self, loaded: &Loaded, generation: u64) {
         // Rules first, then what /config reports: a request sees old or new rules, never a mix.
-        self.limiter.replace_rules(Arc::new(RuleSet::compile(&loaded.config)));
-        self.info.store(Arc::new(ConfigInfo::new(generation, loaded, &self.counter_store)));
+        self.limiter
+            .replace_rules(Arc::new(RuleSet::compile(&loaded.config)));
+        self.info.store(Arc::new(ConfigInfo::new(
+            generation,
+            loaded,
+            &self.counter_store,
+        )));
         self.metrics.reload(true);
         self.metrics.config_loaded(generation, unix_now());
         for w in &loaded.warnings {

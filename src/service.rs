@@ -62,7 +62,10 @@ impl Decider {
             }
             Err(LimitError::Backend(e)) => {
                 tracing::debug!(domain = %req.domain, error = %e, "counter store failed");
-                (RequestCode::BackendError, self.on_backend_error(&e.to_string(), req.descriptors.len()))
+                (
+                    RequestCode::BackendError,
+                    self.on_backend_error(&e.to_string(), req.descriptors.len()),
+                )
             }
         };
         self.metrics.request(code, start.elapsed());

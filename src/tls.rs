@@ -67,7 +67,9 @@ impl ReloadingTls {
                 self.current.store(Arc::new(config));
                 tracing::info!("gRPC TLS certificates reloaded");
             }
-            Err(e) => tracing::error!("gRPC TLS reload failed; keeping the previous certificates: {e:#}"),
+            Err(e) => {
+                tracing::error!("gRPC TLS reload failed; keeping the previous certificates: {e:#}")
+            }
         }
     }
 
@@ -104,9 +106,13 @@ fn build(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .with_context(|| format!("{} and {} do not make a valid certificate and key", files.cert.display(), files.key.display()))?;
+    let mut config = builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "{} and {} do not make a valid certificate and key",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -129,13 +135,21 @@ impl tonic::transport::server::Connected for TlsConnection {
 }
 
 impl AsyncRead for TlsConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -181,5 +195,8 @@ pub fn incoming(
             });
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) })
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+    )
 }

@@ -182,6 +182,27 @@ impl Rls {
         self.child.id()
     }
 
+    /// Sends a signal (`-TERM`, `-HUP`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// `POST path` on the admin listener: (status, body).
+    pub fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        http_post(self.admin_addr, path, body)
+    }
+
+    /// The value of one sample of `/metrics`: the line of metric `name` whose labels include
+    /// every `(label, value)` given.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics");
+        metric_value(&text, name, labels)
+    }
+
     /// Waits for the process to exit, up to `deadline`.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + deadline;
@@ -204,13 +225,23 @@ impl Drop for Rls {
 
 /// A minimal HTTP/1.1 GET (the admin side is plain HTTP; no client crate needed).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(addr, "POST", path, body)
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to admin");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send request");
     let mut raw = String::new();
@@ -303,3 +334,59 @@ pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
 }
 /// Real Redis processes.
 pub mod redis;
+
+/// Finds one sample in Prometheus text format; labels may appear in any order.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Test certificates: a CA and leaves it signs (rcgen).
+pub mod pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+    /// A certificate authority.
+    pub struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        /// A new self-signed CA named `name`.
+        pub fn new(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().expect("CA key");
+            Ca {
+                issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+            }
+        }
+
+        /// The CA certificate, PEM.
+        pub fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// A leaf certificate for `names`, signed by this CA: (certificate PEM, key PEM).
+        pub fn leaf(&self, names: &[&str]) -> (String, String) {
+            let key = KeyPair::generate().expect("leaf key");
+            let params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                    .expect("leaf params");
+            let cert = params
+                .signed_by(&key, &self.issuer)
+                .expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+}

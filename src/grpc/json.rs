@@ -9,7 +9,11 @@ use crate::limiter::{Descriptor, Request};
 /// Parses a proto3 JSON RateLimitRequest; the error names the offending field.
 pub fn request_from_json(v: &Value) -> Result<Request, String> {
     let obj = object(v, "request")?;
-    known(obj, "request", &["domain", "descriptors", "hitsAddend", "hits_addend"])?;
+    known(
+        obj,
+        "request",
+        &["domain", "descriptors", "hitsAddend", "hits_addend"],
+    )?;
     let domain = match field(obj, &["domain"]) {
         None => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -17,7 +21,8 @@ pub fn request_from_json(v: &Value) -> Result<Request, String> {
     };
     let hits_addend = match field(obj, &["hitsAddend", "hits_addend"]) {
         None => 0,
-        Some(v) => u32::try_from(integer(v, "hitsAddend")?).map_err(|_| "hitsAddend: out of range for uint32".to_owned())?,
+        Some(v) => u32::try_from(integer(v, "hitsAddend")?)
+            .map_err(|_| "hitsAddend: out of range for uint32".to_owned())?,
     };
     let descriptors = match field(obj, &["descriptors"]) {
         None => Vec::new(),
@@ -37,7 +42,18 @@ pub fn request_from_json(v: &Value) -> Result<Request, String> {
 
 fn descriptor(v: &Value, path: &str) -> Result<Descriptor, String> {
     let obj = object(v, path)?;
-    known(obj, path, &["entries", "limit", "hitsAddend", "hits_addend", "isNegativeHits", "is_negative_hits"])?;
+    known(
+        obj,
+        path,
+        &[
+            "entries",
+            "limit",
+            "hitsAddend",
+            "hits_addend",
+            "isNegativeHits",
+            "is_negative_hits",
+        ],
+    )?;
     let entries = match field(obj, &["entries"]) {
         None => Vec::new(),
         Some(Value::Array(items)) => items
@@ -77,7 +93,8 @@ fn entry(v: &Value, path: &str) -> Result<Entry, String> {
 }
 
 fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, String> {
-    v.as_object().ok_or_else(|| format!("{path}: expected an object"))
+    v.as_object()
+        .ok_or_else(|| format!("{path}: expected an object"))
 }
 
 fn known(obj: &Map<String, Value>, path: &str, names: &[&str]) -> Result<(), String> {
@@ -88,7 +105,10 @@ fn known(obj: &Map<String, Value>, path: &str, names: &[&str]) -> Result<(), Str
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| obj.get(*n)).filter(|v| !v.is_null())
+    names
+        .iter()
+        .find_map(|n| obj.get(*n))
+        .filter(|v| !v.is_null())
 }
 
 /// A non-negative integer, as a JSON number or (proto3 JSON's 64-bit form) a string.
@@ -129,11 +149,17 @@ mod tests {
     fn errors_name_the_field() {
         let err = |v: Value| request_from_json(&v).unwrap_err();
         assert_eq!(err(json!([])), "request: expected an object");
-        assert_eq!(err(json!({"domian": "x"})), "request: unknown field `domian`");
+        assert_eq!(
+            err(json!({"domian": "x"})),
+            "request: unknown field `domian`"
+        );
         assert_eq!(
             err(json!({"descriptors": [{"entries": [{"key": 1}]}]})),
             "descriptors[0].entries[0].key: expected a string"
         );
-        assert_eq!(err(json!({"hitsAddend": -1})), "hitsAddend: expected a non-negative integer");
+        assert_eq!(
+            err(json!({"hitsAddend": -1})),
+            "hitsAddend: expected a non-negative integer"
+        );
     }
 }

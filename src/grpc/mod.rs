@@ -53,6 +53,9 @@ impl RateLimitService for RateLimitGrpc {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = convert::request_from_proto(request.into_inner());
         let decision = self.decider.decide(&req).await.map_err(status_of)?;
-        Ok(Response::new(convert::response_to_proto(&decision, self.response_headers)))
+        Ok(Response::new(convert::response_to_proto(
+            &decision,
+            self.response_headers,
+        )))
     }
 }
