@@ -127,11 +127,14 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(admin_state.clone(), health.clone()));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("gRPC reflection")?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("gRPC reflection")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("gRPC reflection")?;
 
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let admin_listener = bind(args.admin_addr, "admin").await?;
@@ -148,7 +151,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let (admin_stop, admin_stop_rx) = signal_watch::channel(false);
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(RateLimitGrpc::new(decider, args.response_headers).into_server());
     let grpc = match tls {
         Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(

@@ -99,11 +99,8 @@ impl MemoryStore {
 
         // Pass 2: commit all or nothing.
         if blocked {
-            for s in &mut states {
-                s.after = s.before;
-            }
-            // `before` of a later op sharing a slot included earlier ops' simulated hits;
-            // nothing was counted, so report the stored count.
+            // Nothing is counted: report the stored count (the simulated `before` of a later
+            // op sharing a slot included earlier ops' hits).
             for (s, slot) in states.iter_mut().zip(&slots) {
                 let stored = state.counters.get(slot).copied().unwrap_or(0);
                 s.before = stored;
