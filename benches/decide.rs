@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
     let rules = rules();
     let e = entries("client-17");
     c.bench_function("resolve: 3 counters, nested prefixes", |b| {
-        b.iter(|| black_box(rules.resolve("kcse", black_box(&e))))
+        b.iter(|| black_box(rules.resolve("kcse", black_box(&e), None)))
     });
 
     // 10 000 distinct consumers, so the store holds a realistic number of live counters.

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use crate::config::{self, Config, OverallLimit, Severity};
+use crate::config::{self, Config, DescriptorConfig, OverallLimit, RateLimitConfig, Severity};
 use crate::grpc::convert;
 use crate::proto::rate_limit_response;
 use crate::proto::rate_limit_service_client::RateLimitServiceClient;
@@ -58,6 +58,14 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
 /// The effective rules, one line per counter kind, defaults applied.
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
+    for d in &config.descriptor_domains {
+        let _ = writeln!(
+            out,
+            "domain {} (envoyproxy/ratelimit format, {})",
+            d.domain, d.origin.file
+        );
+        describe_descriptors(&d.descriptors, 1, &mut out);
+    }
     for d in &config.domains {
         let _ = writeln!(out, "domain {}", d.domain);
         for ep in &d.endpoints {
@@ -95,6 +103,42 @@ pub fn describe(config: &Config) -> String {
         }
     }
     out
+}
+
+fn describe_descriptors(descriptors: &[DescriptorConfig], depth: usize, out: &mut String) {
+    for d in descriptors {
+        let indent = "  ".repeat(depth);
+        let value = d.value.as_deref().map_or_else(
+            || " (any value, counted apart)".to_owned(),
+            |v| match (v.contains('*'), d.share_threshold) {
+                (true, true) => format!(" = {v} (one shared counter)"),
+                (true, false) => format!(" = {v} (each value counted apart)"),
+                _ => format!(" = {v}"),
+            },
+        );
+        let limit = match &d.rate_limit {
+            None => String::new(),
+            Some(RateLimitConfig::Unlimited { .. }) => ": unlimited".to_owned(),
+            Some(RateLimitConfig::Limit {
+                requests_per_unit,
+                unit,
+                name,
+                replaces,
+            }) => {
+                let mut l = format!(": {requests_per_unit}/{unit}");
+                if let Some(n) = name {
+                    let _ = write!(l, " as {n}");
+                }
+                if !replaces.is_empty() {
+                    let _ = write!(l, ", replaces {}", replaces.join(", "));
+                }
+                l
+            }
+        };
+        let shadow = if d.shadow_mode { ", shadow mode" } else { "" };
+        let _ = writeln!(out, "{indent}{}{value}{limit}{shadow}", d.key);
+        describe_descriptors(&d.descriptors, depth + 1, out);
+    }
 }
 
 /// `check`: one ShouldRateLimit call; exit 0 for OK, 2 for OVER_LIMIT, 1 on error.

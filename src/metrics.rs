@@ -20,6 +20,8 @@ use crate::limiter::{
 
 /// The `consumer` label value once the bound on distinct consumers is reached.
 pub const OTHER_CONSUMER: &str = "_other";
+/// The `rule` label of a `detailed_metric` rule once the bound on distinct values is reached.
+pub const OTHER_RULE: &str = "_other";
 
 /// Outcome of a request, for `ratelimit_requests_total{code}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct Metrics {
     last_success: Gauge,
     near_limit_ratio: f64,
     consumers: Mutex<HashSet<String>>,
+    detailed_rules: Mutex<HashSet<String>>,
+    /// Bound of distinct values of each request-derived label (`consumer`, detailed `rule`).
     max_consumers: usize,
 }
 
@@ -147,6 +151,7 @@ impl Metrics {
             last_success,
             near_limit_ratio,
             consumers: Mutex::new(HashSet::new()),
+            detailed_rules: Mutex::new(HashSet::new()),
             max_consumers,
         })
     }
@@ -193,10 +198,16 @@ impl Metrics {
             if c.hits == 0 {
                 continue;
             }
+            let rule: std::borrow::Cow<'_, str> = match &c.rule.detail {
+                Some(detail) => self
+                    .bounded(&self.detailed_rules, detail, OTHER_RULE)
+                    .into(),
+                None => (*c.rule.name).into(),
+            };
             let hits = |outcome: &str, n: u64| {
                 if n > 0 {
                     self.hits
-                        .with_label_values(&[domain, &c.rule.name, outcome])
+                        .with_label_values(&[domain, &rule, outcome])
                         .inc_by(n);
                 }
             };
@@ -252,21 +263,23 @@ impl Metrics {
     }
 
     fn consumer_label(&self, consumer: Option<&str>) -> String {
-        let Some(id) = consumer else {
-            return ANONYMOUS.to_owned();
-        };
-        let mut seen = self
-            .consumers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if seen.contains(id) {
-            return id.to_owned();
+        match consumer {
+            Some(id) => self.bounded(&self.consumers, id, OTHER_CONSUMER),
+            None => ANONYMOUS.to_owned(),
+        }
+    }
+
+    /// `value` while `seen` holds fewer than the bound of distinct values, else `other`.
+    fn bounded(&self, seen: &Mutex<HashSet<String>>, value: &str, other: &str) -> String {
+        let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_owned();
         }
         if seen.len() < self.max_consumers {
-            seen.insert(id.to_owned());
-            return id.to_owned();
+            seen.insert(value.to_owned());
+            return value.to_owned();
         }
-        OTHER_CONSUMER.to_owned()
+        other.to_owned()
     }
 }
 

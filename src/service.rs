@@ -72,6 +72,13 @@ impl Decider {
         answer
     }
 
+    /// Counts a request refused before it could be decided (bad input at the edge).
+    pub fn refuse_invalid(&self, message: String) -> Refusal {
+        self.metrics
+            .request(RequestCode::Invalid, std::time::Duration::ZERO);
+        Refusal::Invalid(message)
+    }
+
     fn on_backend_error(&self, error: &str, descriptors: usize) -> Result<Decision, Refusal> {
         let code = match self.on_backend_error {
             OnBackendError::Error => return Err(Refusal::Unavailable(error.to_owned())),

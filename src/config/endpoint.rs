@@ -190,13 +190,7 @@ fn ppath_of(f: &Fields<'_>, key: &str, index: usize) -> String {
 fn parse_soft(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Soft> {
     let f = Fields::new(cx, node, path, SOFT_FIELDS)?;
     let max = i128::from(u64::MAX);
-    if f.get("value").is_none() {
-        cx.error(
-            f.pos,
-            &f.path_of("value"),
-            "required when `soft` is present",
-        );
-    }
+    f.require(cx, "value", "required when `soft` is present");
     let value = f.opt_int(cx, "value", 0, max)?;
     let step = f.opt_int(cx, "step", 1, max).unwrap_or(1);
     Some(Soft {

@@ -91,10 +91,18 @@ impl<'n> Fields<'n> {
         join(&self.path, key)
     }
 
+    /// Records `message` as an error at this mapping when `key` is absent; true if present.
+    pub fn require(&self, cx: &mut Ctx<'_>, key: &str, message: &str) -> bool {
+        let present = self.get(key).is_some();
+        if !present {
+            cx.error(self.pos, &self.path_of(key), message);
+        }
+        present
+    }
+
     /// A required non-empty string.
     pub fn req_str(&self, cx: &mut Ctx<'_>, key: &str) -> Option<String> {
-        if self.get(key).is_none() {
-            cx.error(self.pos, &self.path_of(key), "required field is missing");
+        if !self.require(cx, key, "required field is missing") {
             return None;
         }
         self.opt_str(cx, key)

@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod endpoint;
+pub mod envoy;
 pub mod fields;
 pub mod model;
 pub mod yaml;
@@ -19,8 +20,15 @@ use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
 pub use model::{
-    Config, Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
+    Config, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain, Invoker, Origin,
+    OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
+
+/// What one file holds.
+enum Parsed {
+    Endpoints(EndpointDomain),
+    Descriptors(DescriptorDomain),
+}
 
 use fields::Ctx;
 
@@ -150,22 +158,29 @@ fn discover(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
 pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
     let mut diags = Diagnostics::default();
     let mut domains: Vec<EndpointDomain> = Vec::new();
+    let mut descriptor_domains: Vec<DescriptorDomain> = Vec::new();
     let mut hasher = Sha256::new();
     for src in sources {
         hasher.update((src.name.len() as u64).to_be_bytes());
         hasher.update(src.name.as_bytes());
         hasher.update((src.text.len() as u64).to_be_bytes());
         hasher.update(src.text.as_bytes());
-        if let Some(d) = parse_source(src, &mut diags) {
-            merge_domain(&mut domains, d);
+        match parse_source(src, &mut diags) {
+            Some(Parsed::Endpoints(d)) => merge_domain(&mut domains, d),
+            Some(Parsed::Descriptors(d)) => descriptor_domains.push(d),
+            None => {}
         }
     }
     check_unique_shortnames(&domains, &mut diags);
+    check_descriptor_domains(&domains, &descriptor_domains, &mut diags);
     if diags.has_errors() {
         return Err(diags.into());
     }
     Ok(Loaded {
-        config: Config { domains },
+        config: Config {
+            domains,
+            descriptor_domains,
+        },
         warnings: diags.into_vec(),
         files: sources.iter().map(|s| s.name.clone()).collect(),
         sha256: hex::encode(hasher.finalize()),
@@ -173,7 +188,7 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
 }
 
 /// Tells the formats apart by their top-level keys and reads the file.
-fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<EndpointDomain> {
+fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<Parsed> {
     if src.text.trim().is_empty() {
         // An editor's truncate-then-write must not drop every limit for a moment.
         diags.error(&src.name, None, "", "file is empty");
@@ -202,15 +217,10 @@ fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<EndpointDomain>
         return None;
     };
     if let Some(block) = root.get(endpoint::ROOT_KEY) {
-        return endpoint::parse_block(&mut cx, block);
+        return endpoint::parse_block(&mut cx, block).map(Parsed::Endpoints);
     }
     if root.get("descriptors").is_some() || root.get("domain").is_some() {
-        cx.error(
-            root.pos,
-            "",
-            "this is the envoyproxy/ratelimit format (`domain` + `descriptors`), which this build does not load yet; use the endpoint format (`kcse_rate_limits`)",
-        );
-        return None;
+        return envoy::parse_file(&mut cx, &root).map(Parsed::Descriptors);
     }
     let keys: Vec<&str> = map.iter().filter_map(|(k, _)| k.as_str()).collect();
     let near = keys
@@ -235,6 +245,42 @@ fn merge_domain(domains: &mut Vec<EndpointDomain>, d: EndpointDomain) {
             }
         }
         None => domains.push(d),
+    }
+}
+
+/// A domain of the envoyproxy/ratelimit format comes from one file, and is not also a domain
+/// of the endpoint format (each domain has one format).
+fn check_descriptor_domains(
+    endpoints: &[EndpointDomain],
+    descriptors: &[DescriptorDomain],
+    diags: &mut Diagnostics,
+) {
+    let mut seen: HashMap<&str, &Origin> = HashMap::new();
+    for d in descriptors {
+        let pos = Some(Pos {
+            line: d.origin.line,
+            column: 1,
+        });
+        if let Some(first) = seen.get(d.domain.as_str()) {
+            diags.error(
+                &d.origin.file,
+                pos,
+                "domain",
+                format!(
+                    "domain \"{}\" is already defined in {}",
+                    d.domain, first.file
+                ),
+            );
+        } else if endpoints.iter().any(|e| e.domain == d.domain) {
+            diags.error(
+                &d.origin.file,
+                pos,
+                "domain",
+                format!("domain \"{}\" is also used by a `kcse_rate_limits` file; each domain has one format", d.domain),
+            );
+        } else {
+            seen.insert(&d.domain, &d.origin);
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Origin {
 pub struct Config {
     /// Endpoint-format domains, each once (files naming the same domain are merged).
     pub domains: Vec<EndpointDomain>,
+    /// envoyproxy/ratelimit-format domains, each from one file.
+    pub descriptor_domains: Vec<DescriptorDomain>,
 }
 
 /// The endpoints of one RLS domain (endpoint format).
@@ -172,4 +174,57 @@ pub struct Invoker {
     pub unit: Unit,
     /// Quota.
     pub value: u32,
+}
+
+/// One domain in the envoyproxy/ratelimit format (`domain` + `descriptors`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DescriptorDomain {
+    /// The domain.
+    pub domain: String,
+    /// The top-level descriptors, in file order.
+    pub descriptors: Vec<DescriptorConfig>,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// A descriptor node: it matches one request entry at its level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DescriptorConfig {
+    /// The entry key.
+    pub key: String,
+    /// Absent: any value (each distinct value counted apart). Present: an exact value, or a
+    /// pattern where each `*` matches zero or more characters.
+    pub value: Option<String>,
+    /// The limit of a request whose last entry matches here.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Count and report, but never answer OVER_LIMIT.
+    pub shadow_mode: bool,
+    /// Metrics carry the request's values instead of the key path.
+    pub detailed_metric: bool,
+    /// For a pattern: every value it matches shares one counter.
+    pub share_threshold: bool,
+    /// Nested descriptors.
+    pub descriptors: Vec<DescriptorConfig>,
+}
+
+/// `rate_limit` of a descriptor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitConfig {
+    /// `unlimited: true`: never limited, never counted.
+    Unlimited {
+        /// `name`, if given.
+        name: Option<String>,
+    },
+    /// A limit.
+    Limit {
+        /// Hits per unit; 0 rejects every request.
+        requests_per_unit: u32,
+        /// Window unit.
+        unit: Unit,
+        /// `name`, if given.
+        name: Option<String>,
+        /// Names of rules this one replaces when both match in one request.
+        replaces: Vec<String>,
+    },
 }

@@ -200,8 +200,9 @@ fn empty_and_foreign_files_are_rejected() {
     assert!(errors("   \n# only a comment?\n").len() == 1 || load_one("   \n").is_err());
     let errs = errors("kcse_rate_limit:\n  endpoints: []\n").join("\n");
     assert!(errs.contains("looks like a misspelling"), "{errs}");
-    let errs = errors("domain: x\ndescriptors: []\n").join("\n");
-    assert!(errs.contains("envoyproxy/ratelimit format"), "{errs}");
+    // The envoyproxy/ratelimit format is recognised by its top-level keys.
+    let loaded = load_one("domain: x\ndescriptors: []\n").unwrap();
+    assert_eq!(loaded.config.descriptor_domains[0].domain, "x");
     let errs = errors("kcse_rate_limits: [1, 2\n").join("\n");
     assert!(errs.starts_with("t.yaml:"), "{errs}");
     assert!(errs.contains("invalid YAML"), "{errs}");
@@ -262,4 +263,95 @@ fn sha_changes_with_content() {
     let b = load_one("kcse_rate_limits:\n  endpoints: []\n# changed\n").unwrap();
     assert_ne!(a.sha256, b.sha256);
     assert_eq!(a.sha256.len(), 64);
+}
+
+const ENVOY: &str = "domain: mongo_cla
+descriptors:
+  - key: remote_address
+    rate_limit: { unit: second, requests_per_unit: 10 }
+  - key: database
+    value: users
+    descriptors:
+      - key: client
+        rate_limit: { name: per-client, unit: MINUTE, requests_per_unit: 100 }
+        shadow_mode: true
+  - key: path
+    value: \"/api/*/items\"
+    rate_limit: { unlimited: true }
+";
+
+#[test]
+fn envoy_format_loads() {
+    let loaded = load_one(ENVOY).unwrap();
+    let d = &loaded.config.descriptor_domains[0];
+    assert_eq!(d.domain, "mongo_cla");
+    assert_eq!(d.descriptors.len(), 3);
+    let client = &d.descriptors[1].descriptors[0];
+    assert!(client.shadow_mode);
+    assert_eq!(
+        client.rate_limit,
+        Some(RateLimitConfig::Limit {
+            requests_per_unit: 100,
+            unit: Unit::Minute,
+            name: Some("per-client".into()),
+            replaces: vec![]
+        })
+    );
+    assert_eq!(
+        d.descriptors[2].rate_limit,
+        Some(RateLimitConfig::Unlimited { name: None })
+    );
+}
+
+#[test]
+fn envoy_format_validation_lists_everything() {
+    let text = "domain: d
+descriptors:
+  - key: a
+    rate_limit: { unit: second, requests_per_unit: 1, unlimited: true }
+  - key: a
+  - key: a
+  - key: \"\"
+  - key: b
+    value: x
+    rate_limit: { unit: minute, requests_per_unit: 5, name: r1, replaces: [{name: r1}] }
+    descriptors:
+      - key: c
+        rate_limit: { unit: hour, requests_per_unit: 5, replaces: [{name: nothing}] }
+        typo: 1
+  - key: e
+    rate_limit: { requests_per_unit: 5 }
+";
+    let errs = errors(text).join("\n");
+    for needle in [
+        "t.yaml:4:25: error: descriptors[0].rate_limit.unit: not allowed beside `unlimited: true`",
+        "descriptors[1]: duplicate descriptor: key \"a\" without a value appears twice at this level",
+        "descriptors[3].key: must not be empty",
+        "descriptors[4].rate_limit.replaces[0].name: \"r1\": a rule cannot replace itself",
+        "descriptors[4].descriptors[0].rate_limit.replaces[0].name: \"nothing\": names no rule in this domain",
+        "descriptors[4].descriptors[0].typo: unknown field `typo`",
+        "descriptors[5].rate_limit.unit: required field is missing",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
+    }
+}
+
+#[test]
+fn a_domain_has_one_file_and_one_format() {
+    let a = src("a.yaml", "domain: d\ndescriptors: []\n");
+    let b = src("b.yaml", "domain: d\ndescriptors: []\n");
+    let err = load_sources(&[a.clone(), b]).unwrap_err().to_string();
+    assert!(
+        err.contains("b.yaml:1:1: error: domain: domain \"d\" is already defined in a.yaml"),
+        "{err}"
+    );
+    let endpoints = src(
+        "e.yaml",
+        "kcse_rate_limits:\n  domain: d\n  endpoints: []\n",
+    );
+    let err = load_sources(&[endpoints, a]).unwrap_err().to_string();
+    assert!(err.contains("each domain has one format"), "{err}");
+    // Both formats side by side, in different domains.
+    let endpoints = src("e.yaml", "kcse_rate_limits:\n  endpoints: []\n");
+    assert!(load_sources(&[endpoints, src("a.yaml", ENVOY)]).is_ok());
 }

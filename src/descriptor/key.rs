@@ -7,13 +7,15 @@
 //! {<domain>:<endpoint>}:o                          overall counter of an endpoint
 //! {<domain>:<endpoint>}:p:<prefix>:c:<consumer>    one consumer under a prefix
 //! {<domain>:<endpoint>}:p:<prefix>:a               all anonymous requests under a prefix
+//! {<domain>:<k1>=<v1>:<k2>=<v2>...}:d              a descriptor (envoyproxy/ratelimit format)
 //! ```
 //!
-//! Every component is escaped (`%` → `%25`, `:` → `%3A`, `{` → `%7B`, `}` → `%7D`), so the
-//! separators cannot occur inside a component and the encoding is injective: two different
-//! counters never share a key (envoyproxy/ratelimit joins with a bare `_`, so `(a_b, c)` and
-//! `(a, b_c)` collide there). The braces are a Redis Cluster hash tag: all counters of one
-//! endpoint land on one slot, so one script sees them all.
+//! Every component is escaped (`%` → `%25`, `:` → `%3A`, `=` → `%3D`, `{` → `%7B`, `}` →
+//! `%7D`), so the separators cannot occur inside a component and the encoding is injective:
+//! two different counters never share a key (envoyproxy/ratelimit joins with a bare `_`, so
+//! `(a_b, c)` and `(a, b_c)` collide there). The braces are a Redis Cluster hash tag: all
+//! counters of one endpoint land on one slot, so one script sees them all; a descriptor of the
+//! envoyproxy/ratelimit format has one counter, tagged by all of its entries.
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +41,26 @@ pub enum CounterScope<'a> {
         /// The configured prefix.
         prefix: &'a str,
     },
+}
+
+impl CounterKey {
+    /// The key of a descriptor of the envoyproxy/ratelimit format: its domain and entries.
+    pub fn descriptor<'e>(
+        domain: &str,
+        entries: impl IntoIterator<Item = (&'e str, &'e str)>,
+    ) -> Self {
+        let mut s = String::with_capacity(64);
+        s.push('{');
+        escape_into(domain, &mut s);
+        for (k, v) in entries {
+            s.push(':');
+            escape_into(k, &mut s);
+            s.push('=');
+            escape_into(v, &mut s);
+        }
+        s.push_str("}:d");
+        CounterKey(s.into())
+    }
 }
 
 impl CounterKey {
@@ -84,6 +106,7 @@ fn escape_into(component: &str, out: &mut String) {
         match ch {
             '%' => out.push_str("%25"),
             ':' => out.push_str("%3A"),
+            '=' => out.push_str("%3D"),
             '{' => out.push_str("%7B"),
             '}' => out.push_str("%7D"),
             c => out.push(c),
@@ -118,6 +141,26 @@ mod tests {
             },
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn descriptor_keys_do_not_collide() {
+        // The reference's regression: `(a_b, c)` and `(a, b_c)` joined with `_` are one key.
+        let a = CounterKey::descriptor("d", [("a_b", "c")]);
+        let b = CounterKey::descriptor("d", [("a", "b_c")]);
+        assert_ne!(a, b);
+        let a = CounterKey::descriptor("d", [("k", "v:x=y")]);
+        let b = CounterKey::descriptor("d", [("k", "v"), ("x", "y")]);
+        assert_ne!(a, b);
+        assert_eq!(
+            CounterKey::descriptor("d", [("k", "v")]).as_str(),
+            "{d:k=v}:d"
+        );
+        // Never equal to an endpoint-format key.
+        assert_ne!(
+            CounterKey::descriptor("d", []),
+            CounterKey::new("d", "", &CounterScope::Overall)
+        );
     }
 
     #[test]

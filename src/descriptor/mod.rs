@@ -9,9 +9,12 @@ pub mod key;
 pub mod path;
 pub mod prefix_set;
 pub mod rules;
+pub mod tree;
+pub mod wildcard;
 
 pub use key::{CounterKey, CounterScope};
 pub use path::normalize_path;
 pub use rules::{
     ANONYMOUS, CounterLabels, CounterRule, Entry, RejectAll, Resolved, RuleSet, Unmatched,
 };
+pub use tree::{DescriptorTree, LimitOverride};

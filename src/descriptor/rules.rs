@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::key::{CounterKey, CounterScope};
 use super::path::normalize_path;
 use super::prefix_set::PrefixSet;
+use super::tree::{DescriptorTree, LimitOverride};
 use crate::config::{Config, Endpoint, OverallLimit, Soft, Unit};
 
 /// Entry key naming the endpoint (its `shortname`).
@@ -44,6 +45,13 @@ pub struct CounterRule {
     pub soft: Option<Soft>,
     /// Labels for soft-threshold metrics.
     pub labels: CounterLabels,
+    /// With `detailed_metric`: the request's entries, as the metric's `rule` label (bounded
+    /// by the metrics).
+    pub detail: Option<String>,
+    /// The rule's configured `name` (what `replaces` refers to).
+    pub configured_name: Option<Arc<str>>,
+    /// Names of rules this one replaces when both match in one request.
+    pub replaces: Arc<[Arc<str>]>,
 }
 
 /// Where a counter sits, for metrics and logs.
@@ -96,6 +104,7 @@ pub enum Unmatched {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     domains: HashMap<String, HashMap<String, EndpointRules>>,
+    trees: HashMap<String, DescriptorTree>,
 }
 
 #[derive(Debug)]
@@ -139,17 +148,31 @@ impl RuleSet {
                 endpoints.insert(ep.shortname.clone(), compile_endpoint(&d.domain, ep));
             }
         }
-        RuleSet { domains }
+        let trees = config
+            .descriptor_domains
+            .iter()
+            .map(|d| (d.domain.clone(), DescriptorTree::compile(d)))
+            .collect();
+        RuleSet { domains, trees }
     }
 
     /// True when the domain has rules.
     pub fn has_domain(&self, domain: &str) -> bool {
-        self.domains.contains_key(domain)
+        self.domains.contains_key(domain) || self.trees.contains_key(domain)
     }
 
-    /// Resolves one descriptor. Entries are looked up by key, in any order; when a key is
-    /// repeated the first occurrence counts.
-    pub fn resolve(&self, domain: &str, entries: &[Entry]) -> Resolved {
+    /// Resolves one descriptor. In the endpoint format, entries are looked up by key, in any
+    /// order, and when a key is repeated the first occurrence counts; a limit override is
+    /// ignored. In the envoyproxy/ratelimit format, entries are matched in order.
+    pub fn resolve(
+        &self,
+        domain: &str,
+        entries: &[Entry],
+        over: Option<LimitOverride>,
+    ) -> Resolved {
+        if let Some(tree) = self.trees.get(domain) {
+            return tree.resolve(entries, over);
+        }
         let unmatched = |why| Resolved {
             unmatched: Some(why),
             ..Resolved::default()
@@ -193,6 +216,9 @@ impl RuleSet {
                     prefix: None,
                     consumer: None,
                 },
+                detail: None,
+                configured_name: None,
+                replaces: Arc::from([]),
             }),
         }
         if let Some(raw_path) = find(ENTRY_PATH) {
@@ -252,6 +278,9 @@ impl EndpointRules {
                 prefix: Some(p.prefix.clone()),
                 consumer: consumer.map(str::to_owned),
             },
+            detail: None,
+            configured_name: None,
+            replaces: Arc::from([]),
         })
     }
 }
@@ -309,6 +338,10 @@ mod tests {
         RuleSet::compile(&loaded.config)
     }
 
+    fn resolve(rs: &RuleSet, domain: &str, e: &[Entry]) -> Resolved {
+        rs.resolve(domain, e, None)
+    }
+
     fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
         pairs
             .iter()
@@ -339,7 +372,8 @@ mod tests {
     #[test]
     fn all_matching_prefixes_apply_with_the_right_quota() {
         let rs = full();
-        let r = rs.resolve(
+        let r = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("path", "/auth/admin/realms/API-TEST/users"),
@@ -359,7 +393,8 @@ mod tests {
             ]
         );
         // Every consumer has a counter of its own.
-        let a = rs.resolve(
+        let a = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("endpoint", "kcserl"),
@@ -367,7 +402,8 @@ mod tests {
                 ("consumer", "a"),
             ]),
         );
-        let b = rs.resolve(
+        let b = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("endpoint", "kcserl"),
@@ -383,7 +419,8 @@ mod tests {
     #[test]
     fn anonymous_requests_share_a_counter_where_anon_value_is_set() {
         let rs = full();
-        let anon = rs.resolve(
+        let anon = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("endpoint", "kcserl"),
@@ -398,7 +435,8 @@ mod tests {
                 ("kcserl /auth/admin/realms/API-TEST/ anonymous".into(), 100)
             ]
         );
-        let no_consumer = rs.resolve(
+        let no_consumer = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("endpoint", "kcserl"),
@@ -411,7 +449,8 @@ mod tests {
     #[test]
     fn normalised_paths_cannot_escape() {
         let rs = full();
-        let r = rs.resolve(
+        let r = resolve(
+            &rs,
             "kcse",
             &entries(&[
                 ("endpoint", "kcserl"),
@@ -443,7 +482,7 @@ mod tests {
             ),
         ];
         for (domain, e, why) in cases {
-            let r = rs.resolve(domain, &e);
+            let r = resolve(&rs, domain, &e);
             assert!(r.counters.is_empty() && r.reject_all.is_none());
             assert_eq!(r.unmatched, Some(why));
         }
@@ -454,7 +493,7 @@ mod tests {
         let rs = rules(
             "kcse_rate_limits:\n  endpoints:\n    - name: n\n      shortname: s\n      overall_limit: 0\n      uri_prefixes: [{prefix: /, value: 5}]\n",
         );
-        let r = rs.resolve("kcse", &entries(&[("endpoint", "s"), ("path", "/x")]));
+        let r = resolve(&rs, "kcse", &entries(&[("endpoint", "s"), ("path", "/x")]));
         assert!(r.reject_all.is_some());
         assert!(r.counters.is_empty());
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::Unit;
-use crate::descriptor::Entry;
+use crate::descriptor::{Entry, LimitOverride};
 use crate::limiter::{Code, Decision, Descriptor, DescriptorStatus, Request};
 use crate::proto::envoy::config::core::v3::HeaderValue;
 use crate::proto::rate_limit_descriptor::Entry as ProtoEntry;
@@ -14,10 +14,21 @@ use crate::proto::rate_limit_response::{
 };
 use crate::proto::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_response};
 
-/// Converts a request. Never fails: bounds are checked by the limiter, which names the
-/// offending part in its error.
-pub fn request_from_proto(req: RateLimitRequest) -> Request {
-    Request {
+/// Converts a request. Bounds are checked by the limiter, which names the offending part in
+/// its error; here only a limit override without a unit is refused.
+pub fn request_from_proto(req: RateLimitRequest) -> Result<Request, String> {
+    let mut overrides = Vec::with_capacity(req.descriptors.len());
+    for (i, d) in req.descriptors.iter().enumerate() {
+        overrides.push(match &d.limit {
+            None => None,
+            Some(l) => Some(LimitOverride {
+                requests_per_unit: l.requests_per_unit,
+                unit: override_unit(l.unit)
+                    .ok_or_else(|| format!("descriptors[{i}].limit.unit must be set"))?,
+            }),
+        });
+    }
+    Ok(Request {
         domain: req.domain,
         hits_addend: req.hits_addend,
         descriptors: req
@@ -34,8 +45,28 @@ pub fn request_from_proto(req: RateLimitRequest) -> Request {
                     .collect(),
                 hits_addend: d.hits_addend,
                 is_negative_hits: d.is_negative_hits,
+                limit_override: None,
+            })
+            .zip(overrides)
+            .map(|(d, limit_override)| Descriptor {
+                limit_override,
+                ..d
             })
             .collect(),
+    })
+}
+
+/// The unit of a limit override (`envoy.type.v3.RateLimitUnit`, which has no WEEK).
+pub fn override_unit(unit: i32) -> Option<Unit> {
+    use crate::proto::envoy::r#type::v3::RateLimitUnit as U;
+    match U::try_from(unit).ok()? {
+        U::Unknown => None,
+        U::Second => Some(Unit::Second),
+        U::Minute => Some(Unit::Minute),
+        U::Hour => Some(Unit::Hour),
+        U::Day => Some(Unit::Day),
+        U::Month => Some(Unit::Month),
+        U::Year => Some(Unit::Year),
     }
 }
 

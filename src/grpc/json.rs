@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::descriptor::Entry;
+use crate::descriptor::{Entry, LimitOverride};
 use crate::limiter::{Descriptor, Request};
 
 /// Parses a proto3 JSON RateLimitRequest; the error names the offending field.
@@ -71,10 +71,48 @@ fn descriptor(v: &Value, path: &str) -> Result<Descriptor, String> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(format!("{path}.isNegativeHits: expected true or false")),
     };
+    let limit_override = match field(obj, &["limit"]) {
+        None => None,
+        Some(l) => Some(limit(l, &format!("{path}.limit"))?),
+    };
     Ok(Descriptor {
         entries,
         hits_addend,
         is_negative_hits,
+        limit_override,
+    })
+}
+
+/// `{"requestsPerUnit": 5, "unit": "MINUTE"}` (enum by name or number).
+fn limit(v: &Value, path: &str) -> Result<LimitOverride, String> {
+    let obj = object(v, path)?;
+    known(
+        obj,
+        path,
+        &[
+            "requestsPerUnit",
+            "requests_per_unit",
+            "unit",
+            "unitMultiplier",
+            "unit_multiplier",
+        ],
+    )?;
+    let requests_per_unit = match field(obj, &["requestsPerUnit", "requests_per_unit"]) {
+        None => 0,
+        Some(v) => u32::try_from(integer(v, &format!("{path}.requestsPerUnit"))?)
+            .map_err(|_| format!("{path}.requestsPerUnit: out of range for uint32"))?,
+    };
+    use crate::proto::envoy::r#type::v3::RateLimitUnit;
+    let unit = match field(obj, &["unit"]) {
+        Some(Value::String(name)) => RateLimitUnit::from_str_name(name).map(|u| u as i32),
+        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        _ => None,
+    }
+    .and_then(super::convert::override_unit)
+    .ok_or_else(|| format!("{path}.unit: expected SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"))?;
+    Ok(LimitOverride {
+        requests_per_unit,
+        unit,
     })
 }
 

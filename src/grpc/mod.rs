@@ -51,7 +51,10 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let req = convert::request_from_proto(request.into_inner());
+        let req = match convert::request_from_proto(request.into_inner()) {
+            Ok(req) => req,
+            Err(e) => return Err(status_of(self.decider.refuse_invalid(e))),
+        };
         let decision = self.decider.decide(&req).await.map_err(status_of)?;
         Ok(Response::new(convert::response_to_proto(
             &decision,

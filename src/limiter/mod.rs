@@ -160,11 +160,12 @@ impl RateLimiter {
     pub async fn should_rate_limit(&self, req: &Request) -> Result<Decision, LimitError> {
         req.validate()?;
         let rules = self.rules.load_full();
-        let resolved: Vec<Resolved> = req
+        let mut resolved: Vec<Resolved> = req
             .descriptors
             .iter()
-            .map(|d| rules.resolve(&req.domain, &d.entries))
+            .map(|d| rules.resolve(&req.domain, &d.entries, d.limit_override))
             .collect();
+        apply_replaces(&mut resolved);
 
         let mut ops = Vec::new();
         let mut owners = Vec::new();
@@ -237,6 +238,26 @@ impl RateLimiter {
             counters,
             committed: outcome.committed,
         })
+    }
+}
+
+/// `replaces` (envoyproxy/ratelimit format): when a rule and a rule it names both match in
+/// one request, the named one is dropped; its descriptor is then not limited.
+fn apply_replaces(resolved: &mut [Resolved]) {
+    let replaced: Vec<Arc<str>> = resolved
+        .iter()
+        .flat_map(|r| &r.counters)
+        .flat_map(|c| c.replaces.iter().cloned())
+        .collect();
+    if replaced.is_empty() {
+        return;
+    }
+    for r in resolved.iter_mut() {
+        r.counters.retain(|c| {
+            !c.configured_name
+                .as_ref()
+                .is_some_and(|n| replaced.contains(n))
+        });
     }
 }
 

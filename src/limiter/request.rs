@@ -1,7 +1,7 @@
 //! A rate limit request in domain terms, and the bounds every request must respect
 //! (service.md §2), checked before any rule or counter is touched.
 
-use crate::descriptor::Entry;
+use crate::descriptor::{Entry, LimitOverride};
 
 /// Most descriptors in one request.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -30,6 +30,8 @@ pub struct Descriptor {
     pub hits_addend: Option<u64>,
     /// Give quota back instead of taking it.
     pub is_negative_hits: bool,
+    /// Replaces the configured limit (envoyproxy/ratelimit-format domains only).
+    pub limit_override: Option<LimitOverride>,
 }
 
 /// Why a request was refused before it was evaluated.

@@ -445,3 +445,48 @@ async fn full_counters_are_answered_without_the_store_until_their_window_ends() 
     h.clock.advance_ms(60_000);
     assert_eq!(h.admitted(10, URI_ONLY, Some("a")).await, 10);
 }
+
+#[tokio::test]
+async fn replaces_drops_the_named_rule_when_both_match() {
+    let h = harness(
+        "domain: d
+descriptors:
+  - key: tier
+    value: gold
+    rate_limit: { name: gold, unit: minute, requests_per_unit: 100, replaces: [{name: everyone}] }
+  - key: user
+    rate_limit: { name: everyone, unit: minute, requests_per_unit: 1 }
+",
+    );
+    let d = |k: &str, v: &str| Descriptor {
+        entries: vec![Entry {
+            key: k.into(),
+            value: v.into(),
+        }],
+        ..Descriptor::default()
+    };
+    let req = |ds: Vec<Descriptor>| Request {
+        domain: "d".into(),
+        descriptors: ds,
+        hits_addend: 0,
+    };
+    for _ in 0..5 {
+        let out = h
+            .limiter
+            .should_rate_limit(&req(vec![d("tier", "gold"), d("user", "u")]))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.overall_code,
+            Code::Ok,
+            "`everyone` is replaced by `gold`"
+        );
+        assert_eq!(out.statuses[1].current_limit, None);
+    }
+    // Alone, `everyone` applies.
+    let alone = req(vec![d("user", "u")]);
+    for want in [Code::Ok, Code::OverLimit] {
+        let out = h.limiter.should_rate_limit(&alone).await.unwrap();
+        assert_eq!(out.overall_code, want);
+    }
+}

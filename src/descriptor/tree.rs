@@ -1,0 +1,353 @@
+//! envoyproxy/ratelimit matching: walk the request's entries level by level; at each level
+//! the exact `key`+`value` node, else the first `*` pattern (in file order) that matches,
+//! else the `key`-only node. No backtracking. The limit is the one at the node matched by the
+//! last entry (envoy-compat.md, Matching).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::key::CounterKey;
+use super::rules::{CounterLabels, CounterRule, Entry, Resolved, Unmatched};
+use super::wildcard;
+use crate::config::{DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
+
+/// A request's override of the configured limit (Envoy's `RateLimitOverride`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitOverride {
+    /// Hits per unit.
+    pub requests_per_unit: u32,
+    /// Window unit.
+    pub unit: Unit,
+}
+
+/// The compiled descriptors of one domain.
+#[derive(Debug, Default)]
+pub struct DescriptorTree {
+    domain: String,
+    root: Level,
+}
+
+#[derive(Debug, Default)]
+struct Level {
+    by_key: HashMap<String, KeyGroup>,
+}
+
+#[derive(Debug, Default)]
+struct KeyGroup {
+    exact: HashMap<String, Node>,
+    patterns: Vec<(String, Node)>,
+    any: Option<Box<Node>>,
+}
+
+#[derive(Debug)]
+struct Node {
+    limit: Option<Limit>,
+    shadow: bool,
+    detailed_metric: bool,
+    share_threshold: bool,
+    children: Level,
+}
+
+#[derive(Debug)]
+enum Limit {
+    Unlimited,
+    Counted {
+        requests_per_unit: u32,
+        unit: Unit,
+        /// `name`, else the key path: `current_limit.name` and the metric's `rule` label.
+        name: Arc<str>,
+        configured_name: Option<Arc<str>>,
+        replaces: Arc<[Arc<str>]>,
+    },
+}
+
+impl DescriptorTree {
+    /// Compiles one domain.
+    pub fn compile(d: &DescriptorDomain) -> Self {
+        DescriptorTree {
+            domain: d.domain.clone(),
+            root: level(&d.descriptors, ""),
+        }
+    }
+
+    /// Resolves a descriptor; `over` replaces the configured limit.
+    pub fn resolve(&self, entries: &[Entry], over: Option<LimitOverride>) -> Resolved {
+        let mut level = &self.root;
+        let mut node = None;
+        // The values that identify the counter: the request's, or a shared pattern.
+        let mut identity: Vec<(&str, &str)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let found = level.by_key.get(&e.key).and_then(|g| {
+                if let Some(n) = g.exact.get(&e.value) {
+                    return Some((n, e.value.as_str()));
+                }
+                if let Some((p, n)) = g
+                    .patterns
+                    .iter()
+                    .find(|(p, _)| wildcard::matches(p, &e.value))
+                {
+                    return Some((
+                        n,
+                        if n.share_threshold {
+                            p.as_str()
+                        } else {
+                            e.value.as_str()
+                        },
+                    ));
+                }
+                g.any.as_deref().map(|n| (n, e.value.as_str()))
+            });
+            match found {
+                Some((n, value)) => {
+                    identity.push((&e.key, value));
+                    node = Some(n);
+                    level = &n.children;
+                }
+                None => {
+                    node = None;
+                    break;
+                }
+            }
+        }
+        let key = || CounterKey::descriptor(&self.domain, identity.iter().copied());
+        let path = || {
+            entries
+                .iter()
+                .map(|e| format!("{}={}", e.key, e.value))
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        // An override needs only the domain (envoy-compat.md), and is never in shadow mode.
+        if let Some(o) = over {
+            let entries_only: Vec<(&str, &str)> = entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()))
+                .collect();
+            return counted(CounterRule {
+                key: CounterKey::descriptor(&self.domain, entries_only),
+                limit: o.requests_per_unit,
+                unit: o.unit,
+                name: format!("override {}", path()).into(),
+                shadow: false,
+                soft: None,
+                labels: labels(&self.domain),
+                detail: None,
+                configured_name: None,
+                replaces: Arc::from([]),
+            });
+        }
+        let Some(node) = node else {
+            return unmatched();
+        };
+        match &node.limit {
+            Some(Limit::Counted {
+                requests_per_unit,
+                unit,
+                name,
+                configured_name,
+                replaces,
+            }) => counted(CounterRule {
+                key: key(),
+                limit: *requests_per_unit,
+                unit: *unit,
+                name: name.clone(),
+                shadow: node.shadow,
+                soft: None,
+                labels: labels(&self.domain),
+                detail: node.detailed_metric.then(path),
+                configured_name: configured_name.clone(),
+                replaces: replaces.clone(),
+            }),
+            Some(Limit::Unlimited) | None => unmatched(),
+        }
+    }
+}
+
+fn counted(rule: CounterRule) -> Resolved {
+    Resolved {
+        counters: vec![rule],
+        ..Resolved::default()
+    }
+}
+
+fn unmatched() -> Resolved {
+    Resolved {
+        unmatched: Some(Unmatched::NoRule),
+        ..Resolved::default()
+    }
+}
+
+fn labels(domain: &str) -> CounterLabels {
+    CounterLabels {
+        endpoint: domain.into(),
+        prefix: None,
+        consumer: None,
+    }
+}
+
+fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
+    let mut out = Level::default();
+    for d in descriptors {
+        let step = match &d.value {
+            Some(v) => format!("{}={v}", d.key),
+            None => d.key.clone(),
+        };
+        let path = if parent_path.is_empty() {
+            step
+        } else {
+            format!("{parent_path}.{step}")
+        };
+        let node = Node {
+            limit: d.rate_limit.as_ref().map(|r| match r {
+                RateLimitConfig::Unlimited { .. } => Limit::Unlimited,
+                RateLimitConfig::Limit {
+                    requests_per_unit,
+                    unit,
+                    name,
+                    replaces,
+                } => Limit::Counted {
+                    requests_per_unit: *requests_per_unit,
+                    unit: *unit,
+                    name: name.clone().unwrap_or_else(|| path.clone()).into(),
+                    configured_name: name.as_deref().map(Arc::from),
+                    replaces: replaces.iter().map(|r| Arc::from(r.as_str())).collect(),
+                },
+            }),
+            shadow: d.shadow_mode,
+            detailed_metric: d.detailed_metric,
+            share_threshold: d.share_threshold,
+            children: level(&d.descriptors, &path),
+        };
+        let group = out.by_key.entry(d.key.clone()).or_default();
+        match &d.value {
+            Some(v) if v.contains('*') => group.patterns.push((v.clone(), node)),
+            Some(v) => {
+                group.exact.insert(v.clone(), node);
+            }
+            None => group.any = Some(Box::new(node)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Source, load_sources};
+    use crate::descriptor::RuleSet;
+
+    const CONFIG: &str = "domain: d
+descriptors:
+  - key: remote_address
+    rate_limit: { unit: second, requests_per_unit: 10 }
+  - key: database
+    value: users
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+    descriptors:
+      - key: client
+        rate_limit: { name: per-client, unit: minute, requests_per_unit: 100 }
+  - key: path
+    value: /api/*/items
+    rate_limit: { unit: minute, requests_per_unit: 7 }
+  - key: path
+    value: /api/*
+    share_threshold: true
+    rate_limit: { unit: minute, requests_per_unit: 8 }
+  - key: path
+    rate_limit: { unit: hour, requests_per_unit: 9 }
+  - key: free
+    rate_limit: { unlimited: true }
+";
+
+    fn rules() -> RuleSet {
+        let loaded = load_sources(&[Source {
+            name: "t.yaml".into(),
+            text: CONFIG.into(),
+        }])
+        .unwrap();
+        RuleSet::compile(&loaded.config)
+    }
+
+    fn resolve(rs: &RuleSet, pairs: &[(&str, &str)]) -> Option<(String, u32, String)> {
+        let entries: Vec<Entry> = pairs
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect();
+        let r = rs.resolve("d", &entries, None);
+        r.counters
+            .first()
+            .map(|c| (c.name.to_string(), c.limit, c.key.to_string()))
+    }
+
+    #[test]
+    fn matching_follows_the_reference() {
+        let rs = rules();
+        // Key-only: any value, each with its own counter.
+        let a = resolve(&rs, &[("remote_address", "10.0.0.1")]).unwrap();
+        let b = resolve(&rs, &[("remote_address", "10.0.0.2")]).unwrap();
+        assert_eq!((a.0.as_str(), a.1), ("remote_address", 10));
+        assert_ne!(a.2, b.2);
+        // Exact value, and a limit at an inner level only for the last entry.
+        assert_eq!(resolve(&rs, &[("database", "users")]).unwrap().1, 3);
+        assert_eq!(
+            resolve(&rs, &[("database", "users"), ("client", "x")])
+                .unwrap()
+                .0,
+            "per-client"
+        );
+        assert_eq!(resolve(&rs, &[("database", "other")]), None);
+        // More entries than the configured path: no limit.
+        assert_eq!(
+            resolve(
+                &rs,
+                &[("database", "users"), ("client", "x"), ("extra", "y")]
+            ),
+            None
+        );
+        // No backtracking: `database=users` matched, a miss below is no limit.
+        assert_eq!(resolve(&rs, &[("database", "users"), ("nope", "x")]), None);
+        // Exact first, then the first matching pattern in file order, then key-only.
+        assert_eq!(resolve(&rs, &[("path", "/api/v1/items")]).unwrap().1, 7);
+        assert_eq!(resolve(&rs, &[("path", "/api/v1/users")]).unwrap().1, 8);
+        assert_eq!(resolve(&rs, &[("path", "/other")]).unwrap().1, 9);
+        // Patterns count each value apart, unless share_threshold.
+        assert_ne!(
+            resolve(&rs, &[("path", "/api/a/items")]).unwrap().2,
+            resolve(&rs, &[("path", "/api/b/items")]).unwrap().2
+        );
+        assert_eq!(
+            resolve(&rs, &[("path", "/api/x")]).unwrap().2,
+            resolve(&rs, &[("path", "/api/y")]).unwrap().2
+        );
+        // Unlimited: no counter; unknown key: no limit; order matters.
+        assert_eq!(resolve(&rs, &[("free", "x")]), None);
+        assert_eq!(resolve(&rs, &[("unknown", "x")]), None);
+        assert_eq!(
+            resolve(&rs, &[("client", "x"), ("database", "users")]),
+            None
+        );
+    }
+
+    #[test]
+    fn an_override_needs_only_the_domain() {
+        let rs = rules();
+        let entries = vec![Entry {
+            key: "unknown".into(),
+            value: "x".into(),
+        }];
+        let over = Some(LimitOverride {
+            requests_per_unit: 42,
+            unit: Unit::Day,
+        });
+        let r = rs.resolve("d", &entries, over);
+        assert_eq!((r.counters[0].limit, r.counters[0].unit), (42, Unit::Day));
+        assert!(
+            rs.resolve("other-domain", &entries, over)
+                .counters
+                .is_empty()
+        );
+    }
+}
