@@ -99,20 +99,27 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Reloads (forced) on every SIGHUP until the process ends.
-pub async fn on_sighup(reloader: Arc<Reloader>) {
+/// A task body that reloads (forced) on every SIGHUP until the process ends. The handler is
+/// installed by this call, before the service reports that it listens: a SIGHUP that arrives
+/// early must reload, not kill the process with the default action.
+pub fn on_sighup(reloader: Arc<Reloader>) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload on SIGHUP is off");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the configuration");
-            reloader.reload(true);
+        let hup = signal(SignalKind::hangup());
+        async move {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP; reload on SIGHUP is off");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                reloader.reload(true);
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = reloader;
+    async move {
+        let _ = reloader;
+    }
 }

@@ -40,7 +40,18 @@ pub fn binary() -> PathBuf {
             return PathBuf::from(p);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // The test runs with this crate's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ... in its
+        // environment; build scripts (ring's) rerun when those change, so a build started from
+        // here would otherwise rebuild half the tree on every test run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+            if (key.starts_with("CARGO_") && !keep) || key == "OUT_DIR" {
+                command.env_remove(&key);
+            }
+        }
+        let out = command
             .current_dir(workspace_root())
             .args(["build", "--quiet", "--bin", "ironclad-rls", "--message-format=json"])
             .stderr(Stdio::inherit())

@@ -138,11 +138,11 @@ async fn sigterm_drains_a_call_in_flight_and_exits_0() {
     eventually_health(&rls, ServingStatus::Serving).await;
     let mut c = rls.client().await;
 
-    // Redis sleeps 1.5 s: a call sent now is in flight until then.
+    // Redis sleeps 3 s: a call sent now is in flight until then.
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
         std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "1.5"])
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "3"])
             .output()
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -156,15 +156,12 @@ async fn sigterm_drains_a_call_in_flight_and_exits_0() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     rls.signal("-TERM");
 
-    // Not ready at once, while the call is still in flight.
-    eventually(
-        Duration::from_millis(500),
-        "/readyz 503 after SIGTERM",
-        || {
-            let (status, body) = rls.admin_get("/readyz");
-            (status == 503 && body.contains("shutting down")).then_some(())
-        },
-    );
+    // Not ready while the call is still in flight. (A /readyz that raced the signal may
+    // first wait up to a second for the sleeping Redis to answer its readiness probe.)
+    eventually(Duration::from_secs(2), "/readyz 503 after SIGTERM", || {
+        let (status, body) = rls.admin_get("/readyz");
+        (status == 503 && body.contains("shutting down")).then_some(())
+    });
     assert!(
         !in_flight.is_finished(),
         "the call should still be in flight"

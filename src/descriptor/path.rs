@@ -4,7 +4,7 @@
 /// Normalises a request path (Envoy's `:path`) for prefix matching:
 /// the query string and fragment are cut off, percent-encoded *unreserved* characters are
 /// decoded (other escapes keep their meaning, with hex digits upper-cased so `%2f` and `%2F`
-/// compare equal), runs of `/` are merged, and `.` / `..` segments are resolved (never above
+/// compare equal; a `%` that starts no escape becomes `%25`), runs of `/` are merged, and `.` / `..` segments are resolved (never above
 /// the root). The result always starts with `/`; a trailing `/` is kept.
 pub fn normalize_path(raw: &str) -> String {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
@@ -66,6 +66,14 @@ fn decode_unreserved(s: &str) -> String {
             i += 3;
             continue;
         }
+        if bytes[i] == b'%' {
+            // A `%` that starts no escape is itself escaped, so that decoding can never make a
+            // new escape out of it (`%%30` would otherwise become `%0` on one pass and stay
+            // `%0` on the next, and normalising would not be idempotent).
+            out.push_str("%25");
+            i += 1;
+            continue;
+        }
         // Copy one UTF-8 character (paths on the wire are ASCII, but a value is any string).
         let ch_len = s[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&s[i..i + ch_len]);
@@ -101,7 +109,8 @@ mod tests {
             ("auth/x", "/auth/x"),
             ("/a%2fb", "/a%2Fb"),
             ("/%7Euser", "/~user"),
-            ("/bad%zzescape%4", "/bad%zzescape%4"),
+            ("/bad%zzescape%4", "/bad%25zzescape%254"),
+            ("/%%30a", "/%250a"),
             ("/ünïcode//x", "/ünïcode/x"),
         ];
         for (raw, want) in cases {
