@@ -126,6 +126,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         response_headers: args.response_headers,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Known (NOT_SERVING) from the first call, not NOT_FOUND until the first probe.
+    set_health(&health, ServingStatus::NotServing).await;
     tokio::spawn(follow_readiness(admin_state.clone(), health.clone()));
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {

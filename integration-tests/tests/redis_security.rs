@@ -68,12 +68,22 @@ async fn password_file_and_acl_user() {
         &redis.url(),
         "--redis-password-file",
         secret_file.to_str().unwrap(),
+        "--redis-timeout",
+        "2s",
     ]);
     answers_ok(&rls).await;
     assert_no_secret(&rls, PASSWORD);
 
     let url = format!("redis://alice:wonderland-Pw@127.0.0.1:{}", redis.port);
-    let rls = Rls::start(&["--config", limits.to_str().unwrap(), "--redis-url", &url]);
+    // Generous deadlines: these tests are about credentials, not latency.
+    let rls = Rls::start(&[
+        "--config",
+        limits.to_str().unwrap(),
+        "--redis-url",
+        &url,
+        "--redis-timeout",
+        "2s",
+    ]);
     answers_ok(&rls).await;
     assert_no_secret(&rls, "wonderland-Pw");
     let (_, config) = rls.admin_get("/config");

@@ -95,13 +95,17 @@ async fn tls_and_certificate_reload() {
 
     // A broken file keeps the current certificate.
     write(dir.path(), "server.crt", "not a certificate");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(call(&rls, &ca2.pem(), None).await, Ok(Code::Ok as i32));
-    assert!(
-        rls.logs()
-            .iter()
-            .any(|l| l.contains("gRPC TLS reload failed"))
+    integration_tests::eventually(
+        Duration::from_secs(5),
+        "the failed TLS reload to be logged",
+        || {
+            rls.logs()
+                .iter()
+                .any(|l| l.contains("gRPC TLS reload failed"))
+                .then_some(())
+        },
     );
+    assert_eq!(call(&rls, &ca2.pem(), None).await, Ok(Code::Ok as i32));
 }
 
 #[tokio::test]

@@ -82,6 +82,43 @@ enum Connection {
     Cluster(Arc<ArcSwapOption<ClusterConnection>>),
 }
 
+/// One connection handle of either kind, so calls are written once.
+enum Live {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ::redis::aio::ConnectionLike for Live {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Live::Single(c) => c.req_packed_command(cmd),
+            Live::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Live::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Live::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Live::Single(c) => c.get_db(),
+            Live::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis [`CounterStore`].
 pub struct RedisStore {
     connection: Connection,
@@ -165,6 +202,19 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// A handle on the live connection (cheap: both kinds are multiplexed handles).
+    fn live(&self) -> Result<Live, StoreError> {
+        match &self.connection {
+            Connection::Single(m) => Ok(Live::Single(m.clone())),
+            Connection::Cluster(slot) => slot
+                .load_full()
+                .map(|c| Live::Cluster((*c).clone()))
+                .ok_or_else(|| {
+                    StoreError::Unavailable("not connected to the Redis Cluster yet".into())
+                }),
+        }
+    }
+
     /// The target, credentials redacted.
     pub fn described(&self) -> &str {
         &self.described
@@ -200,23 +250,10 @@ impl RedisStore {
         dry_run: bool,
     ) -> Result<BatchOutcome, StoreError> {
         let inv = script::invocation(&self.key_prefix, ops, dry_run);
-        let reply: Vec<i64> = match &self.connection {
-            Connection::Single(m) => {
-                let mut conn = m.clone();
-                self.guarded(async move { inv.invoke_async(&mut conn).await })
-                    .await?
-            }
-            Connection::Cluster(slot) => {
-                let Some(conn) = slot.load_full() else {
-                    return Err(StoreError::Unavailable(
-                        "not connected to the Redis Cluster yet".into(),
-                    ));
-                };
-                let mut conn = (*conn).clone();
-                self.guarded(async move { inv.invoke_async(&mut conn).await })
-                    .await?
-            }
-        };
+        let mut conn = self.live()?;
+        let reply: Vec<i64> = self
+            .guarded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
         script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)
     }
 
@@ -348,23 +385,10 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
 
 impl RedisStore {
     async fn ping_now(&self) -> Result<(), StoreError> {
-        let pong: String = match &self.connection {
-            Connection::Single(m) => {
-                let mut conn = m.clone();
-                self.guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
-                    .await?
-            }
-            Connection::Cluster(slot) => {
-                let Some(conn) = slot.load_full() else {
-                    return Err(StoreError::Unavailable(
-                        "not connected to the Redis Cluster yet".into(),
-                    ));
-                };
-                let mut conn = (*conn).clone();
-                self.guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
-                    .await?
-            }
-        };
+        let mut conn = self.live()?;
+        let pong: String = self
+            .guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
+            .await?;
         if pong == "PONG" {
             Ok(())
         } else {
