@@ -401,3 +401,5 @@ pub mod pki {
         }
     }
 }
+/// A real Envoy.
+pub mod envoy;
