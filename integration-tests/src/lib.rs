@@ -178,6 +178,24 @@ impl Rls {
             .expect("cannot connect to the RLS")
     }
 
+    /// One call on a new connection; the answer's `overall_code` (panics on a gRPC error).
+    pub async fn overall_code(&self, request: RateLimitRequest) -> i32 {
+        self.client()
+            .await
+            .should_rate_limit(request)
+            .await
+            .expect("ShouldRateLimit failed")
+            .into_inner()
+            .overall_code
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, deadline: Duration) {
+        eventually(deadline, "/readyz 200", || {
+            (self.admin_get("/readyz").0 == 200).then_some(())
+        });
+    }
+
     /// `GET path` on the admin listener: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin_addr, path)

@@ -78,12 +78,7 @@ async fn reflection_lists_the_services() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut answers = client
-        .server_reflection_info(tokio_stream_once(ask))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.message().await.unwrap().expect("one answer");
+    let answer = reflect(&mut client, ask).await;
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected reflection answer: {answer:?}");
     };
@@ -99,12 +94,7 @@ async fn reflection_lists_the_services() {
         host: String::new(),
         message_request: Some(MessageRequest::FileContainingSymbol(RLS_SERVICE.to_owned())),
     };
-    let mut answers = client
-        .server_reflection_info(tokio_stream_once(ask))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.message().await.unwrap().expect("one answer");
+    let answer = reflect(&mut client, ask).await;
     assert!(
         matches!(
             answer.message_response,
@@ -114,11 +104,23 @@ async fn reflection_lists_the_services() {
     );
 }
 
-/// A request stream of one message.
-fn tokio_stream_once<T: Send + 'static>(
-    item: T,
-) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
-    tonic::codegen::tokio_stream::once(item)
+/// One reflection question, one answer.
+async fn reflect(
+    client: &mut tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<
+        Channel,
+    >,
+    ask: tonic_reflection::pb::v1::ServerReflectionRequest,
+) -> tonic_reflection::pb::v1::ServerReflectionResponse {
+    let mut answers = client
+        .server_reflection_info(tonic::codegen::tokio_stream::once(ask))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("one answer")
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::redis::{RedisServer, free_port};
-use integration_tests::{Rls, eventually, request, temp_file};
+use integration_tests::{Rls, request, temp_file};
 use ironclad_rls::proto::RateLimitRequest;
 use ironclad_rls::proto::rate_limit_response::Code;
 use ironclad_rls::proto::rate_limit_service_client::RateLimitServiceClient;
@@ -85,13 +85,6 @@ async fn all_unavailable(c: &mut RateLimitServiceClient<Channel>, n: usize, why:
     worst
 }
 
-/// Waits until `/readyz` answers 200 again.
-fn ready_again(rls: &Rls) {
-    eventually(Duration::from_secs(5), "/readyz 200", || {
-        (rls.admin_get("/readyz").0 == 200).then_some(())
-    });
-}
-
 /// Calls until one is answered OK; returns how long that took.
 async fn until_ok(c: &mut RateLimitServiceClient<Channel>, deadline: Duration) -> Duration {
     let t = Instant::now();
@@ -122,7 +115,7 @@ async fn a_stalled_redis_never_makes_a_call_hang_and_recovery_is_automatic() {
     redis.resume();
     let back = until_ok(&mut c, Duration::from_secs(10)).await;
     println!("Redis resumed: first OK answer after {back:?}");
-    ready_again(&rls);
+    rls.wait_ready(Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -141,7 +134,7 @@ async fn a_killed_and_restarted_redis_is_survived() {
     redis.restart();
     let back = until_ok(&mut c, Duration::from_secs(10)).await;
     println!("Redis restarted: first OK answer after {back:?}");
-    ready_again(&rls);
+    rls.wait_ready(Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -162,7 +155,7 @@ async fn the_service_starts_while_redis_is_down() {
     let _redis = RedisServer::start_on(port, &[]);
     let back = until_ok(&mut c, Duration::from_secs(10)).await;
     println!("Redis started late: first OK answer after {back:?}");
-    ready_again(&rls);
+    rls.wait_ready(Duration::from_secs(5));
 }
 
 #[tokio::test]

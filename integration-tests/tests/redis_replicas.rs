@@ -88,9 +88,7 @@ async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
     );
     // The replicas connect to the cluster in the background: wait until they are ready.
     for r in &replicas {
-        integration_tests::eventually(Duration::from_secs(20), "replica ready", || {
-            (r.admin_get("/readyz").0 == 200).then_some(())
-        });
+        r.wait_ready(Duration::from_secs(20));
     }
     wait_for_fresh_window(3600, Duration::from_secs(30));
     let (ok, over, err) = storm(&replicas).await;

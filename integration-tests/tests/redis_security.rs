@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::redis::{RedisServer, free_port};
-use integration_tests::{Rls, eventually, request, temp_file};
+use integration_tests::{Rls, request, temp_file};
 use ironclad_rls::proto::rate_limit_response::Code;
 
 const LIMITS: &str = "kcse_rate_limits:
@@ -16,19 +16,9 @@ const LIMITS: &str = "kcse_rate_limits:
 const PASSWORD: &str = "s3cret-Pa55word";
 
 async fn answers_ok(rls: &Rls) {
-    eventually(Duration::from_secs(10), "/readyz 200", || {
-        (rls.admin_get("/readyz").0 == 200).then_some(())
-    });
-    let mut c = rls.client().await;
+    rls.wait_ready(Duration::from_secs(10));
     let r = request("kcse", &[&[("endpoint", "api")]]);
-    assert_eq!(
-        c.should_rate_limit(r)
-            .await
-            .unwrap()
-            .into_inner()
-            .overall_code,
-        Code::Ok as i32
-    );
+    assert_eq!(rls.overall_code(r).await, Code::Ok as i32);
 }
 
 fn assert_no_secret(rls: &Rls, secret: &str) {
