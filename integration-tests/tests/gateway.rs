@@ -417,6 +417,21 @@ fn verified_mode_takes_azp_only_from_tokens_the_issuer_signed() {
         gw.consumer(gw.get("api.test", "/open/?client_id=q", &[])),
         "q"
     );
+
+    // Trusting only verified tokens: the sources a client can simply type are ignored.
+    let strict = Gateway::start(
+        rls.grpc_addr.port(),
+        &["--jwks-uri", &jwks_uri, "--consumer-sources", "jwt"],
+    );
+    let r = eventually_passes(&strict, &good);
+    assert_eq!(strict.consumer(r), "signed-client");
+    let basic_q = basic("q:pw");
+    let typed = strict.get(
+        "api.test",
+        "/open/?client_id=q",
+        &[("authorization", &basic_q)],
+    );
+    assert_eq!(strict.consumer(typed), "-");
 }
 
 /// The first request may race Envoy's first JWKS fetch; later ones may not fail.
@@ -650,6 +665,18 @@ fn render_explains_what_it_cannot_do() {
     render_fails(
         &["envoy", "--config", lim, "--jwt", "verify"],
         "needs --jwks-uri",
+    );
+    render_fails(
+        &[
+            "envoy",
+            "--config",
+            lim,
+            "--consumer-sources",
+            "basic",
+            "--jwt",
+            "decode",
+        ],
+        "leaves out jwt",
     );
     render_fails(
         &["istio", "--config", lim, "--jwks-uri", "https://idp/certs"],

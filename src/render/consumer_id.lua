@@ -23,7 +23,8 @@
 --     form-decoded (`a%20b`, `a+b`), the Basic user ends at the first `:` (RFC 7617), and the
 --     content type may carry parameters (`; charset=UTF-8`).
 --
--- `ironclad-rls render` rewrites the three settings below from its flags; keep each on one line.
+-- `ironclad-rls render` rewrites the four settings below from its flags; keep each on one line.
+local SOURCES = "basic,query,form,jwt" -- which of the sources above are used (order is fixed)
 local JWT_MODE = "decode" -- "verify" | "decode" | "ignore"
 local JWT_PAYLOAD_KEY = "jwt_payload" -- jwt_authn's payload_in_metadata (Istio uses the issuer)
 local MAX_FORM_BYTES = 16384 -- larger form bodies are not read (no buffering, no 413)
@@ -298,19 +299,30 @@ local function from_decoded_jwt(token)
   return valid_id(claims["azp"])
 end
 
+local ENABLED = {}
+for source in SOURCES:gmatch("[^,]+") do
+  ENABLED[source] = true
+end
+
 local function identify(request_handle, headers)
   local scheme, credentials = (headers:get("authorization") or ""):match("^%s*(%a+)%s+(%S+)%s*$")
   scheme = scheme and scheme:lower()
   local id = nil
-  if scheme == "basic" then
+  if ENABLED.basic and scheme == "basic" then
     id = from_basic(credentials)
   end
-  id = id or from_query(headers:get(":path") or "")
-  id = id or from_form(request_handle, headers)
-  if id == nil and JWT_MODE == "verify" then
-    id = from_verified_jwt(request_handle)
-  elseif id == nil and JWT_MODE == "decode" and scheme == "bearer" then
-    id = from_decoded_jwt(credentials)
+  if id == nil and ENABLED.query then
+    id = from_query(headers:get(":path") or "")
+  end
+  if id == nil and ENABLED.form then
+    id = from_form(request_handle, headers)
+  end
+  if id == nil and ENABLED.jwt then
+    if JWT_MODE == "verify" then
+      id = from_verified_jwt(request_handle)
+    elseif JWT_MODE == "decode" and scheme == "bearer" then
+      id = from_decoded_jwt(credentials)
+    end
   end
   return id
 end

@@ -19,7 +19,13 @@ fn host_port_parses_names_and_addresses() {
 
 #[test]
 fn lua_settings_are_rewritten_and_nothing_else() {
-    let lua = consumer_lua(&JwtMode::Ignore, "https://idp.example/realms/a\"b", 512);
+    let lua = consumer_lua(
+        &[Source::Jwt, Source::Basic],
+        &JwtMode::Ignore,
+        "https://idp.example/realms/a\"b",
+        512,
+    );
+    assert!(lua.contains("\nlocal SOURCES = \"basic,jwt\"\n"), "{lua}");
     assert!(lua.contains("\nlocal JWT_MODE = \"ignore\"\n"), "{lua}");
     assert!(lua.contains("\nlocal JWT_PAYLOAD_KEY = \"https://idp.example/realms/a\\\"b\"\n"));
     assert!(lua.contains("\nlocal MAX_FORM_BYTES = 512\n"));
@@ -29,7 +35,7 @@ fn lua_settings_are_rewritten_and_nothing_else() {
         .zip(CONSUMER_ID_LUA.lines())
         .filter(|(a, b)| a != b)
         .count();
-    assert_eq!(changed, 3);
+    assert_eq!(changed, 4);
     assert_eq!(lua.lines().count(), CONSUMER_ID_LUA.lines().count());
 }
 
