@@ -756,3 +756,28 @@ fn the_envoy_walkthrough_runs_as_its_readme_says() {
         "a client-sent consumer id got through:\n{text}"
     );
 }
+
+#[test]
+fn the_istio_example_is_what_render_prints_today() {
+    let out = std::process::Command::new(workspace_root().join("examples/istio/render.sh"))
+        .env("IRONCLAD_RLS_BIN", integration_tests::binary())
+        .output()
+        .expect("run examples/istio/render.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(workspace_root().join("examples/istio/ironclad-rls-istio.yaml"))
+            .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "examples/istio/ironclad-rls-istio.yaml is stale: regenerate it with \
+         examples/istio/render.sh > examples/istio/ironclad-rls-istio.yaml"
+    );
+    // And what it prints works on a gateway: validated like every other render.
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = istio_bootstrap(&committed, free_port(), 8081, 8080);
+    envoy::validate(&bootstrap, dir.path()).unwrap();
+}

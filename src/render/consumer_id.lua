@@ -23,10 +23,9 @@
 --     form-decoded (`a%20b`, `a+b`), the Basic user ends at the first `:` (RFC 7617), and the
 --     content type may carry parameters (`; charset=UTF-8`).
 --
--- `ironclad-rls render` rewrites the four settings below from its flags; keep each on one line.
+-- `ironclad-rls render` rewrites the three settings below from its flags; keep each on one line.
 local SOURCES = "basic,query,form,jwt" -- which of the sources above are used (order is fixed)
 local JWT_MODE = "decode" -- "verify" | "decode" | "ignore"
-local JWT_PAYLOAD_KEY = "jwt_payload" -- jwt_authn's payload_in_metadata (Istio uses the issuer)
 local MAX_FORM_BYTES = 16384 -- larger form bodies are not read (no buffering, no 413)
 
 local HEADER = "synapse-consumerid"
@@ -276,11 +275,18 @@ local function from_verified_jwt(request_handle)
   if type(metadata) ~= "table" then
     return nil -- no token, or jwt_authn is not installed in front of this filter
   end
-  local payload = metadata[JWT_PAYLOAD_KEY]
-  if type(payload) ~= "table" then
-    return nil
+  -- Every entry is the payload of a token jwt_authn verified, under its provider's
+  -- payload_in_metadata: `jwt_payload` in `render envoy`'s bootstrap, the issuer on Istio
+  -- (one per jwtRule, so several realms work).
+  for _, payload in pairs(metadata) do
+    if type(payload) == "table" then
+      local id = valid_id(payload["azp"])
+      if id ~= nil then
+        return id
+      end
+    end
   end
-  return valid_id(payload["azp"])
+  return nil
 end
 
 local function from_decoded_jwt(token)

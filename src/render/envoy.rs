@@ -12,9 +12,8 @@ use super::{
 };
 use crate::config::Config;
 
-/// The key under which the rendered `jwt_authn` provider puts the verified payload (the Lua
-/// filter reads it there).
-pub const JWT_PAYLOAD_KEY: &str = "jwt_payload";
+/// The key under which the rendered `jwt_authn` provider puts the verified payload.
+const JWT_PAYLOAD_KEY: &str = "jwt_payload";
 
 const JWT_PROVIDER: &str = "identity_provider";
 const JWKS_CLUSTER: &str = "jwks";
@@ -128,7 +127,7 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
         http_filters.push(jwt_authn_filter(provider));
         clusters.push(jwks_cluster(JWKS_CLUSTER, &provider.jwks_uri)?);
     }
-    http_filters.push(lua_filter(gateway, JWT_PAYLOAD_KEY));
+    http_filters.push(lua_filter(gateway));
     http_filters.push(ratelimit_filter(&domain.domain, gateway));
     http_filters.push(json!({
         "name": "envoy.filters.http.router",

@@ -193,12 +193,7 @@ pub fn select_domain<'a>(
 }
 
 /// The Lua filter with its settings lines filled in.
-pub fn consumer_lua(
-    sources: &[Source],
-    jwt: &JwtMode,
-    payload_key: &str,
-    max_form_bytes: u32,
-) -> String {
+pub fn consumer_lua(sources: &[Source], jwt: &JwtMode, max_form_bytes: u32) -> String {
     let sources = Source::ALL
         .iter()
         .filter(|s| sources.contains(s))
@@ -216,7 +211,6 @@ pub fn consumer_lua(
         let replaced = [
             ("local SOURCES = ", lua_string(&sources)),
             ("local JWT_MODE = ", lua_string(mode)),
-            ("local JWT_PAYLOAD_KEY = ", lua_string(payload_key)),
             ("local MAX_FORM_BYTES = ", max_form_bytes.to_string()),
         ]
         .into_iter()
@@ -244,7 +238,7 @@ fn lua_string(s: &str) -> String {
 }
 
 /// The Lua HTTP filter that sets `synapse-consumerid`.
-pub fn lua_filter(options: &GatewayOptions, payload_key: &str) -> Value {
+pub fn lua_filter(options: &GatewayOptions) -> Value {
     json!({
         "name": "envoy.filters.http.lua",
         "typed_config": {
@@ -253,7 +247,6 @@ pub fn lua_filter(options: &GatewayOptions, payload_key: &str) -> Value {
                 "inline_string": consumer_lua(
                     &options.sources,
                     &options.jwt,
-                    payload_key,
                     options.max_form_bytes,
                 )
             }
