@@ -444,12 +444,27 @@ fn eventually_passes(gw: &Gateway, authorization: &str) -> Response {
 
 #[test]
 fn failure_mode_deny_decides_when_the_service_is_down() {
-    let nobody = free_port();
-    let open = Gateway::start(nobody, &[]);
-    let closed = Gateway::start(nobody, &["--failure-mode-deny"]);
-    assert_eq!(open.get("api.test", "/limited/x", &[]).status, 200);
-    let refused = closed.get("api.test", "/limited/x", &[]);
-    assert_eq!(refused.status, 500, "{refused:?}");
+    let rls = Rls::start(&["--config", limits().to_str().unwrap()]);
+    let open = Gateway::start(rls.grpc_addr.port(), &[]);
+    let closed = Gateway::start(rls.grpc_addr.port(), &["--failure-mode-deny"]);
+    wait_for_fresh_window(3600, Duration::from_secs(60));
+    // While the service answers, both gateways enforce the limit of 3 per consumer.
+    for (gw, path) in [
+        (&open, "/limited/x?client_id=o"),
+        (&closed, "/limited/x?client_id=c"),
+    ] {
+        let statuses: Vec<u16> = (0..4)
+            .map(|_| gw.get("api.test", path, &[]).status)
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 429]);
+    }
+    drop(rls);
+    // Without it, one lets everything through and the other refuses everything.
+    for _ in 0..3 {
+        assert_eq!(open.get("api.test", "/limited/x", &[]).status, 200);
+        let refused = closed.get("api.test", "/limited/x", &[]);
+        assert_eq!(refused.status, 500, "{refused:?}");
+    }
 }
 
 #[test]
