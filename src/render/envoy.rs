@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     GatewayOptions, HostPort, JwtMode, RLS_CLUSTER, RenderError, cluster, header, jwks_cluster,
-    lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
+    known_shortnames, lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
 };
 use crate::config::Config;
 
@@ -36,14 +36,7 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
     let domain = select_domain(config, options.gateway.domain.as_deref())?;
     let gateway = &options.gateway;
 
-    for (shortname, _) in &options.upstreams {
-        if !domain.endpoints.iter().any(|e| &e.shortname == shortname) {
-            return Err(RenderError(format!(
-                "--upstream names {shortname:?}, which is no endpoint shortname of domain {:?}",
-                domain.domain
-            )));
-        }
-    }
+    known_shortnames(domain, "--upstream", &options.upstreams)?;
     // Every endpoint needs somewhere to send its traffic; list every one that has none.
     // Clients address an endpoint by the name in its `endpoint` field (the Host header Envoy
     // routes on); `--upstream` only changes where Envoy forwards it.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     GatewayOptions, HostPort, JwtMode, JwtProvider, RLS_CLUSTER, RenderError, cluster, header,
-    lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
+    known_shortnames, lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
 };
 use crate::config::Config;
 
@@ -34,14 +34,7 @@ pub struct IstioOptions {
 pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderError> {
     let domain = select_domain(config, options.gateway.domain.as_deref())?;
     let gateway = &options.gateway;
-    for (shortname, _) in &options.hosts {
-        if !domain.endpoints.iter().any(|e| &e.shortname == shortname) {
-            return Err(RenderError(format!(
-                "--host names {shortname:?}, which is no endpoint shortname of domain {:?}",
-                domain.domain
-            )));
-        }
-    }
+    known_shortnames(domain, "--host", &options.hosts)?;
     let mut rate_limits = Vec::new();
     let mut missing = Vec::new();
     for ep in &domain.endpoints {

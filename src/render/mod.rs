@@ -192,6 +192,24 @@ pub fn select_domain<'a>(
     }
 }
 
+/// Refuses a per-endpoint flag (`flag SHORTNAME=...`) that names no endpoint of `domain`.
+fn known_shortnames<T>(
+    domain: &EndpointDomain,
+    flag: &str,
+    given: &[(String, T)],
+) -> Result<(), RenderError> {
+    match given
+        .iter()
+        .find(|(name, _)| !domain.endpoints.iter().any(|e| &e.shortname == name))
+    {
+        Some((name, _)) => error(format!(
+            "{flag} names {name:?}, which is no endpoint shortname of domain {:?}",
+            domain.domain
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The Lua filter with its settings lines filled in.
 pub fn consumer_lua(sources: &[Source], jwt: &JwtMode, max_form_bytes: u32) -> String {
     let sources = Source::ALL
