@@ -208,6 +208,7 @@ pub fn render(target: &RenderTarget) -> ExitCode {
                 listen: a.listen,
                 admin: a.envoy_admin,
                 upstreams: a.upstreams.clone(),
+                response_cache: a.response_cache,
             },
         ),
         RenderTarget::Istio(a) => render::istio::render(

@@ -322,6 +322,10 @@ pub struct RenderEnvoyArgs {
     /// endpoint's `endpoint` field.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     pub upstreams: Vec<(String, crate::render::HostPort)>,
+    /// Put Envoy's HTTP response cache before the rate limit filter: answers the upstream
+    /// marks cacheable are served again without spending quota (for egress to an API).
+    #[arg(long)]
+    pub response_cache: bool,
 }
 
 /// `render istio` flags.

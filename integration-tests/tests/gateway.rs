@@ -486,6 +486,7 @@ fn every_rendered_configuration_passes_envoy_validate() {
             "ignore",
             "--envoy-admin",
             "127.0.0.1:9901",
+            "--response-cache",
         ],
         &[
             "--jwks-uri",

@@ -29,6 +29,8 @@ pub struct EnvoyOptions {
     pub admin: Option<SocketAddr>,
     /// Upstream address per endpoint shortname, overriding the endpoint's `endpoint`.
     pub upstreams: Vec<(String, HostPort)>,
+    /// Put Envoy's HTTP cache in front of everything else.
+    pub response_cache: bool,
 }
 
 /// The bootstrap as YAML.
@@ -116,6 +118,21 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
     }
 
     let mut http_filters = Vec::new();
+    if options.response_cache {
+        // First in the chain: a response the upstream marked cacheable is served again
+        // without a rate limit call, so repeated requests spend no quota (egress to an API
+        // whose answers are stable). Envoy does not store answers to requests that carry
+        // `Authorization`.
+        http_filters.push(json!({
+            "name": "envoy.filters.http.cache",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+                }
+            }
+        }));
+    }
     if let JwtMode::Verify(provider) = &gateway.jwt {
         http_filters.push(jwt_authn_filter(provider));
         clusters.push(jwks_cluster(JWKS_CLUSTER, &provider.jwks_uri)?);
