@@ -10,7 +10,11 @@ ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-alpine AS build
 ARG RUST_VERSION
+SHELL ["/bin/ash", "-eo", "pipefail", "-c"]
 # Alpine's Rust targets musl, whose binaries are statically linked; ring needs a C compiler.
+# Unpinned: Alpine drops old package versions from its mirrors, so a pin would break the build
+# within weeks; the compiler does not end up in the image.
+# hadolint ignore=DL3018
 RUN apk add --no-cache gcc musl-dev
 WORKDIR /src
 COPY . .

