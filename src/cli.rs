@@ -1,4 +1,4 @@
-//! The one-shot commands (`validate`, `check`) and logging set-up; `serve` lives in `app`.
+//! The one-shot commands (`validate`, `check`, `render`) and logging set-up; `serve` lives in `app`.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -7,7 +7,10 @@ use crate::config::{self, Config, DescriptorConfig, OverallLimit, RateLimitConfi
 use crate::grpc::convert;
 use crate::proto::rate_limit_response;
 use crate::proto::rate_limit_service_client::RateLimitServiceClient;
-use crate::settings::{CheckArgs, LogFormat, ValidateArgs};
+use crate::render;
+use crate::settings::{
+    CheckArgs, JwtArg, LogFormat, RenderGatewayArgs, RenderTarget, ValidateArgs,
+};
 
 /// Sets up `tracing` on stderr (stdout stays for command output): level from `RUST_LOG`,
 /// default `info`.
@@ -179,4 +182,97 @@ async fn check_call(args: &CheckArgs) -> anyhow::Result<crate::proto::RateLimitR
         .await
         .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
     Ok(resp.into_inner())
+}
+
+/// `render envoy|istio`: print gateway configuration for the loaded limits. Exit 1 when the
+/// limits do not load or cannot be rendered.
+pub fn render(target: &RenderTarget) -> ExitCode {
+    let gateway_args = match target {
+        RenderTarget::Envoy(a) => &a.gateway,
+        RenderTarget::Istio(a) => &a.gateway,
+    };
+    let loaded = match config::load_paths(&gateway_args.config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            for d in &e.diagnostics {
+                eprintln!("{d}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = gateway_options(target, gateway_args).and_then(|gateway| match target {
+        RenderTarget::Envoy(a) => render::envoy::render(
+            &loaded.config,
+            &render::envoy::EnvoyOptions {
+                gateway,
+                listen: a.listen,
+                admin: a.envoy_admin,
+                upstreams: a.upstreams.clone(),
+            },
+        ),
+        RenderTarget::Istio(a) => render::istio::render(
+            &loaded.config,
+            &render::istio::IstioOptions {
+                gateway,
+                namespace: a.namespace.clone(),
+                gateway_selector: a.gateway_selector.clone(),
+                hosts: a.hosts.clone(),
+                rls_selector: (!a.no_service).then(|| a.rls_selector.clone()),
+            },
+        ),
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gateway_options(
+    target: &RenderTarget,
+    a: &RenderGatewayArgs,
+) -> Result<render::GatewayOptions, render::RenderError> {
+    let provider = a.jwks_uri.clone().map(|jwks_uri| render::JwtProvider {
+        jwks_uri,
+        issuer: a.jwt_issuer.clone(),
+        audiences: a.jwt_audiences.clone(),
+    });
+    let jwt = match (a.jwt, provider) {
+        (None | Some(JwtArg::Verify), Some(p)) => render::JwtMode::Verify(p),
+        (Some(JwtArg::Verify), None) => {
+            return Err(render::RenderError(
+                "--jwt verify needs --jwks-uri (and, for Istio, --jwt-issuer)".into(),
+            ));
+        }
+        (Some(JwtArg::Decode), Some(_)) | (Some(JwtArg::Ignore), Some(_)) => {
+            return Err(render::RenderError(
+                "--jwks-uri is only used with --jwt verify".into(),
+            ));
+        }
+        (None | Some(JwtArg::Decode), None) => {
+            eprintln!(
+                "warning: Bearer tokens will be decoded without verification, so a client can \
+                 choose its consumer id; pass --jwks-uri to verify them (see docs/gateway.md)"
+            );
+            render::JwtMode::Decode
+        }
+        (Some(JwtArg::Ignore), None) => render::JwtMode::Ignore,
+    };
+    let rls_addr = match target {
+        RenderTarget::Envoy(e) => e.rls_addr.clone(),
+        RenderTarget::Istio(i) => i.rls_addr.clone(),
+    };
+    Ok(render::GatewayOptions {
+        domain: a.domain.clone(),
+        rls_addr,
+        timeout: a.timeout,
+        failure_mode_deny: a.failure_mode_deny,
+        jwt,
+        max_form_bytes: a.max_form_bytes,
+    })
 }

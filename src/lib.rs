@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod proto;
 pub mod redis;
 pub mod reload;
+pub mod render;
 pub mod service;
 pub mod settings;
 pub mod shutdown;

@@ -22,5 +22,6 @@ async fn main() -> ExitCode {
         Command::Validate(args) => cli::validate(&args),
         Command::Check(args) => cli::check(&args).await,
         Command::Bench(args) => bench::run(&args).await,
+        Command::Render(target) => cli::render(&target),
     }
 }

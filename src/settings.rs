@@ -30,6 +30,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Load a running service with ShouldRateLimit calls and print throughput and latency.
     Bench(BenchArgs),
+    /// Print gateway configuration that sends the descriptors the limits files expect.
+    #[command(subcommand)]
+    Render(RenderTarget),
 }
 
 /// `serve` flags.
@@ -215,6 +218,149 @@ pub struct BenchArgs {
     /// (`| label | calls/s | p50 | p99 | p999 | errors |`).
     #[arg(long)]
     pub markdown_row: Option<String>,
+}
+
+/// `render` targets.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RenderTarget {
+    /// A complete Envoy bootstrap: listener, consumer filter, rate limit filter, route
+    /// actions, RLS cluster (HTTP/2) and upstream clusters.
+    Envoy(RenderEnvoyArgs),
+    /// Istio manifests for an ingress gateway: EnvoyFilter (filters, route actions, RLS
+    /// cluster), RequestAuthentication when tokens are verified, and the RLS Service.
+    Istio(RenderIstioArgs),
+}
+
+/// Flags both `render` targets take.
+#[derive(Debug, Clone, Args)]
+pub struct RenderGatewayArgs {
+    /// Limits files or directories, as for `serve`.
+    #[arg(long = "config", value_delimiter = ',', required = true)]
+    pub config: Vec<PathBuf>,
+
+    /// The endpoint-format domain to render, when the files hold several.
+    #[arg(long)]
+    pub domain: Option<String>,
+
+    /// How long the gateway waits for the RLS before `--failure-mode-deny` decides.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Refuse requests (HTTP 500) when the RLS fails or is too slow. Without it they pass
+    /// unlimited.
+    #[arg(long)]
+    pub failure_mode_deny: bool,
+
+    /// Verify Bearer tokens against this JWKS (jwt_authn / RequestAuthentication) and take
+    /// the consumer from the verified `azp`; a token that fails verification gets 401.
+    /// The recommended mode. Implies `--jwt verify`.
+    #[arg(long, value_parser = crate::render::parse_jwks_uri)]
+    pub jwks_uri: Option<url::Url>,
+
+    /// The issuer verified tokens must carry (`iss`). Required for Istio.
+    #[arg(long, requires = "jwks_uri")]
+    pub jwt_issuer: Option<String>,
+
+    /// An accepted audience (`aud`) of verified tokens (repeatable); none: any.
+    #[arg(long = "jwt-audience", requires = "jwks_uri")]
+    pub jwt_audiences: Vec<String>,
+
+    /// How Bearer tokens identify the consumer: `verify` (needs --jwks-uri), `decode` (read
+    /// `azp` without checking the signature, as the Keycloak.SE guide's script does: anyone
+    /// can pick a consumer id), `ignore`. Default: `verify` with --jwks-uri, else `decode`.
+    #[arg(long, value_enum)]
+    pub jwt: Option<JwtArg>,
+
+    /// Largest `application/x-www-form-urlencoded` body read for `client_id`; larger or
+    /// chunked bodies are not read (the request is not delayed or refused for it).
+    #[arg(long, default_value_t = 16_384)]
+    pub max_form_bytes: u32,
+}
+
+/// `--jwt` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtArg {
+    /// Verified by the gateway against `--jwks-uri`.
+    Verify,
+    /// Decoded without verification.
+    Decode,
+    /// Not used for identification.
+    Ignore,
+}
+
+/// `render envoy` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RenderEnvoyArgs {
+    /// Flags both targets take.
+    #[command(flatten)]
+    pub gateway: RenderGatewayArgs,
+
+    /// The ironclad-rls gRPC address, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:8081", value_parser = crate::render::HostPort::parse)]
+    pub rls_addr: crate::render::HostPort,
+
+    /// The gateway's HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:10000")]
+    pub listen: SocketAddr,
+
+    /// Envoy's admin listener (stats, config dump); none when absent.
+    #[arg(long)]
+    pub envoy_admin: Option<SocketAddr>,
+
+    /// Where an endpoint's traffic goes: `SHORTNAME=HOST:PORT` (repeatable), instead of the
+    /// endpoint's `endpoint` field.
+    #[arg(long = "upstream", value_parser = parse_upstream)]
+    pub upstreams: Vec<(String, crate::render::HostPort)>,
+}
+
+/// `render istio` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RenderIstioArgs {
+    /// Flags both targets take.
+    #[command(flatten)]
+    pub gateway: RenderGatewayArgs,
+
+    /// The RLS Service address as the gateway resolves it, `host:port`. The Keycloak.SE
+    /// guide's name is the default.
+    #[arg(
+        long,
+        default_value = "rate-limiter-headless-service.ironclad-rls.svc.cluster.local:8081",
+        value_parser = crate::render::HostPort::parse
+    )]
+    pub rls_addr: crate::render::HostPort,
+
+    /// Namespace of the ingress gateway (EnvoyFilter and RequestAuthentication live there).
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+
+    /// A label of the gateway pods, `KEY=VALUE` (repeatable).
+    #[arg(long = "gateway-selector", value_parser = parse_label, default_value = "istio=ingressgateway")]
+    pub gateway_selector: Vec<(String, String)>,
+
+    /// The Host clients send for an endpoint: `SHORTNAME=HOST` (repeatable); default: the host
+    /// of the endpoint's `endpoint`.
+    #[arg(long = "host", value_parser = parse_label)]
+    pub hosts: Vec<(String, String)>,
+
+    /// A label of the ironclad-rls pods, for the Service (repeatable).
+    #[arg(long = "rls-selector", value_parser = parse_label, default_value = "app.kubernetes.io/name=ironclad-rls")]
+    pub rls_selector: Vec<(String, String)>,
+
+    /// Print no Service (the Helm chart creates its own).
+    #[arg(long)]
+    pub no_service: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, found {s:?}")),
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<(String, crate::render::HostPort), String> {
+    let (name, address) = parse_label(s)?;
+    Ok((name, crate::render::HostPort::parse(&address)?))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
