@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use integration_tests::{binary, example, workspace_root};
 use serde_json::Value;
 
@@ -786,7 +788,7 @@ fn redis_password_is_a_mounted_file_never_argv_or_env() {
                 let s = get(&r.docs, "Secret", secret_name);
                 assert_eq!(
                     s["data"]["password"],
-                    encode_base64(PASSWORD.as_bytes()),
+                    STANDARD.encode(PASSWORD),
                     "the chart's Secret holds redis.auth.password"
                 );
             }
@@ -810,27 +812,6 @@ fn redis_password_is_a_mounted_file_never_argv_or_env() {
             }
         }
     }
-}
-
-fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -1353,4 +1334,88 @@ fn dockerfile_is_lint_clean_and_matches_the_chart() {
     assert!(lines.contains(&"EXPOSE 8081 8080"));
     assert!(lines.contains(&r#"ENTRYPOINT ["/usr/local/bin/ironclad-rls"]"#));
     assert!(dockerfile.contains("cargo build --release --locked --bin ironclad-rls"));
+}
+
+/// Every `socket_address` object anywhere in `v`.
+fn socket_addresses(v: &Value, out: &mut Vec<(String, i64)>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(a) = m.get("socket_address") {
+                if let (Some(host), Some(port)) = (a["address"].as_str(), a["port_value"].as_i64())
+                {
+                    out.push((host.to_owned(), port));
+                }
+            }
+            m.values().for_each(|x| socket_addresses(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| socket_addresses(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn render_istio_defaults_meet_the_charts_service_and_gateway_policy() {
+    let render = |extra: &[&str]| -> Vec<Value> {
+        let out = Command::new(binary())
+            .args(["render", "istio", "--config"])
+            .arg(example("full-example.yaml"))
+            .args(extra)
+            .output()
+            .expect("run render istio");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        parse_docs(&text(&out.stdout))
+    };
+    let istio = render(&[]);
+    let chart = parse_docs(&render_yaml(&[]));
+    let values = values_yaml();
+    let gateway = &values["networkPolicy"]["gateway"];
+
+    // The EnvoyFilter targets the gateway pods the chart's NetworkPolicy admits.
+    let filter = of_kind(&istio, "EnvoyFilter")
+        .next()
+        .expect("an EnvoyFilter");
+    assert_eq!(
+        filter["spec"]["workloadSelector"]["labels"],
+        gateway["podSelector"]["matchLabels"]
+    );
+    assert_eq!(
+        filter["metadata"]["namespace"],
+        gateway["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    );
+    // ... and sends its calls to the chart's headless Service, installed in charts/namespace.yaml's
+    // namespace.
+    let headless = get(&chart, "Service", "rate-limiter-headless-service");
+    let mut addresses = Vec::new();
+    socket_addresses(filter, &mut addresses);
+    let expected = (
+        format!("rate-limiter-headless-service.{NAMESPACE}.svc.cluster.local"),
+        headless["spec"]["ports"][0]["port"]
+            .as_i64()
+            .expect("a port"),
+    );
+    assert!(
+        addresses.contains(&expected),
+        "{expected:?} not among {addresses:?}"
+    );
+
+    // The Service it prints without --no-service is the chart's, and selects the chart's pods.
+    let service = get(&istio, "Service", "rate-limiter-headless-service");
+    assert_eq!(service["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(
+        service["spec"]["ports"][0]["name"],
+        headless["spec"]["ports"][0]["name"]
+    );
+    let deployment = get(&chart, "Deployment", &fullname());
+    let pod_labels = labels(&deployment["spec"]["template"]["metadata"]["labels"]);
+    assert!(selects(&labels(&service["spec"]["selector"]), &pod_labels));
+    assert!(
+        find(
+            &render(&["--no-service"]),
+            "Service",
+            "rate-limiter-headless-service"
+        )
+        .is_none(),
+        "--no-service still prints the Service"
+    );
 }
