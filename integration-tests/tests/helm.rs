@@ -1340,11 +1340,10 @@ fn dockerfile_is_lint_clean_and_matches_the_chart() {
 fn socket_addresses(v: &Value, out: &mut Vec<(String, i64)>) {
     match v {
         Value::Object(m) => {
-            if let Some(a) = m.get("socket_address") {
-                if let (Some(host), Some(port)) = (a["address"].as_str(), a["port_value"].as_i64())
-                {
-                    out.push((host.to_owned(), port));
-                }
+            if let Some(a) = m.get("socket_address")
+                && let (Some(host), Some(port)) = (a["address"].as_str(), a["port_value"].as_i64())
+            {
+                out.push((host.to_owned(), port));
             }
             m.values().for_each(|x| socket_addresses(x, out));
         }
