@@ -242,7 +242,14 @@ fn gateway_options(
         issuer: a.jwt_issuer.clone(),
         audiences: a.jwt_audiences.clone(),
     });
+    let jwt_used = a.consumer_sources.contains(&render::Source::Jwt);
+    if !jwt_used && (provider.is_some() || a.jwt.is_some_and(|j| j != JwtArg::Ignore)) {
+        return Err(render::RenderError(
+            "--consumer-sources leaves out jwt, so --jwt and --jwks-uri have nothing to do".into(),
+        ));
+    }
     let jwt = match (a.jwt, provider) {
+        (_, None) if !jwt_used => render::JwtMode::Ignore,
         (None | Some(JwtArg::Verify), Some(p)) => render::JwtMode::Verify(p),
         (Some(JwtArg::Verify), None) => {
             return Err(render::RenderError(
@@ -268,6 +275,7 @@ fn gateway_options(
         RenderTarget::Istio(i) => i.rls_addr.clone(),
     };
     Ok(render::GatewayOptions {
+        sources: a.consumer_sources.clone(),
         domain: a.domain.clone(),
         rls_addr,
         timeout: a.timeout,

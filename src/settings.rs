@@ -271,6 +271,17 @@ pub struct RenderGatewayArgs {
     #[arg(long, value_enum)]
     pub jwt: Option<JwtArg>,
 
+    /// Where the consumer id may come from (comma-separated; tried in the fixed order
+    /// basic, query, form, jwt). Only `jwt` with `--jwks-uri` is verified by the gateway: an
+    /// id from the others is whatever the client says.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "basic,query,form,jwt"
+    )]
+    pub consumer_sources: Vec<crate::render::Source>,
+
     /// Largest `application/x-www-form-urlencoded` body read for `client_id`; larger or
     /// chunked bodies are not read (the request is not delayed or refused for it).
     #[arg(long, default_value_t = 16_384)]

@@ -417,6 +417,21 @@ fn verified_mode_takes_azp_only_from_tokens_the_issuer_signed() {
         gw.consumer(gw.get("api.test", "/open/?client_id=q", &[])),
         "q"
     );
+
+    // Trusting only verified tokens: the sources a client can simply type are ignored.
+    let strict = Gateway::start(
+        rls.grpc_addr.port(),
+        &["--jwks-uri", &jwks_uri, "--consumer-sources", "jwt"],
+    );
+    let r = eventually_passes(&strict, &good);
+    assert_eq!(strict.consumer(r), "signed-client");
+    let basic_q = basic("q:pw");
+    let typed = strict.get(
+        "api.test",
+        "/open/?client_id=q",
+        &[("authorization", &basic_q)],
+    );
+    assert_eq!(strict.consumer(typed), "-");
 }
 
 /// The first request may race Envoy's first JWKS fetch; later ones may not fail.
@@ -429,12 +444,27 @@ fn eventually_passes(gw: &Gateway, authorization: &str) -> Response {
 
 #[test]
 fn failure_mode_deny_decides_when_the_service_is_down() {
-    let nobody = free_port();
-    let open = Gateway::start(nobody, &[]);
-    let closed = Gateway::start(nobody, &["--failure-mode-deny"]);
-    assert_eq!(open.get("api.test", "/limited/x", &[]).status, 200);
-    let refused = closed.get("api.test", "/limited/x", &[]);
-    assert_eq!(refused.status, 500, "{refused:?}");
+    let rls = Rls::start(&["--config", limits().to_str().unwrap()]);
+    let open = Gateway::start(rls.grpc_addr.port(), &[]);
+    let closed = Gateway::start(rls.grpc_addr.port(), &["--failure-mode-deny"]);
+    wait_for_fresh_window(3600, Duration::from_secs(60));
+    // While the service answers, both gateways enforce the limit of 3 per consumer.
+    for (gw, path) in [
+        (&open, "/limited/x?client_id=o"),
+        (&closed, "/limited/x?client_id=c"),
+    ] {
+        let statuses: Vec<u16> = (0..4)
+            .map(|_| gw.get("api.test", path, &[]).status)
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 429]);
+    }
+    drop(rls);
+    // Without it, one lets everything through and the other refuses everything.
+    for _ in 0..3 {
+        assert_eq!(open.get("api.test", "/limited/x", &[]).status, 200);
+        let refused = closed.get("api.test", "/limited/x", &[]);
+        assert_eq!(refused.status, 500, "{refused:?}");
+    }
 }
 
 #[test]
@@ -652,6 +682,18 @@ fn render_explains_what_it_cannot_do() {
         "needs --jwks-uri",
     );
     render_fails(
+        &[
+            "envoy",
+            "--config",
+            lim,
+            "--consumer-sources",
+            "basic",
+            "--jwt",
+            "decode",
+        ],
+        "leaves out jwt",
+    );
+    render_fails(
         &["istio", "--config", lim, "--jwks-uri", "https://idp/certs"],
         "--jwt-issuer",
     );
@@ -728,4 +770,29 @@ fn the_envoy_walkthrough_runs_as_its_readme_says() {
         !text.contains("hello, me-"),
         "a client-sent consumer id got through:\n{text}"
     );
+}
+
+#[test]
+fn the_istio_example_is_what_render_prints_today() {
+    let out = std::process::Command::new(workspace_root().join("examples/istio/render.sh"))
+        .env("IRONCLAD_RLS_BIN", integration_tests::binary())
+        .output()
+        .expect("run examples/istio/render.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(workspace_root().join("examples/istio/ironclad-rls-istio.yaml"))
+            .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "examples/istio/ironclad-rls-istio.yaml is stale: regenerate it with \
+         examples/istio/render.sh > examples/istio/ironclad-rls-istio.yaml"
+    );
+    // And what it prints works on a gateway: validated like every other render.
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = istio_bootstrap(&committed, free_port(), 8081, 8080);
+    envoy::validate(&bootstrap, dir.path()).unwrap();
 }

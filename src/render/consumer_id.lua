@@ -24,8 +24,8 @@
 --     content type may carry parameters (`; charset=UTF-8`).
 --
 -- `ironclad-rls render` rewrites the three settings below from its flags; keep each on one line.
+local SOURCES = "basic,query,form,jwt" -- which of the sources above are used (order is fixed)
 local JWT_MODE = "decode" -- "verify" | "decode" | "ignore"
-local JWT_PAYLOAD_KEY = "jwt_payload" -- jwt_authn's payload_in_metadata (Istio uses the issuer)
 local MAX_FORM_BYTES = 16384 -- larger form bodies are not read (no buffering, no 413)
 
 local HEADER = "synapse-consumerid"
@@ -275,11 +275,18 @@ local function from_verified_jwt(request_handle)
   if type(metadata) ~= "table" then
     return nil -- no token, or jwt_authn is not installed in front of this filter
   end
-  local payload = metadata[JWT_PAYLOAD_KEY]
-  if type(payload) ~= "table" then
-    return nil
+  -- Every entry is the payload of a token jwt_authn verified, under its provider's
+  -- payload_in_metadata: `jwt_payload` in `render envoy`'s bootstrap, the issuer on Istio
+  -- (one per jwtRule, so several realms work).
+  for _, payload in pairs(metadata) do
+    if type(payload) == "table" then
+      local id = valid_id(payload["azp"])
+      if id ~= nil then
+        return id
+      end
+    end
   end
-  return valid_id(payload["azp"])
+  return nil
 end
 
 local function from_decoded_jwt(token)
@@ -298,19 +305,30 @@ local function from_decoded_jwt(token)
   return valid_id(claims["azp"])
 end
 
+local ENABLED = {}
+for source in SOURCES:gmatch("[^,]+") do
+  ENABLED[source] = true
+end
+
 local function identify(request_handle, headers)
   local scheme, credentials = (headers:get("authorization") or ""):match("^%s*(%a+)%s+(%S+)%s*$")
   scheme = scheme and scheme:lower()
   local id = nil
-  if scheme == "basic" then
+  if ENABLED.basic and scheme == "basic" then
     id = from_basic(credentials)
   end
-  id = id or from_query(headers:get(":path") or "")
-  id = id or from_form(request_handle, headers)
-  if id == nil and JWT_MODE == "verify" then
-    id = from_verified_jwt(request_handle)
-  elseif id == nil and JWT_MODE == "decode" and scheme == "bearer" then
-    id = from_decoded_jwt(credentials)
+  if id == nil and ENABLED.query then
+    id = from_query(headers:get(":path") or "")
+  end
+  if id == nil and ENABLED.form then
+    id = from_form(request_handle, headers)
+  end
+  if id == nil and ENABLED.jwt then
+    if JWT_MODE == "verify" then
+      id = from_verified_jwt(request_handle)
+    elseif JWT_MODE == "decode" and scheme == "bearer" then
+      id = from_decoded_jwt(credentials)
+    end
   end
   return id
 end

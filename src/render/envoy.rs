@@ -8,13 +8,12 @@ use serde_json::{Value, json};
 
 use super::{
     GatewayOptions, HostPort, JwtMode, RLS_CLUSTER, RenderError, cluster, header, jwks_cluster,
-    lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
+    known_shortnames, lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
 };
 use crate::config::Config;
 
-/// The key under which the rendered `jwt_authn` provider puts the verified payload (the Lua
-/// filter reads it there).
-pub const JWT_PAYLOAD_KEY: &str = "jwt_payload";
+/// The key under which the rendered `jwt_authn` provider puts the verified payload.
+const JWT_PAYLOAD_KEY: &str = "jwt_payload";
 
 const JWT_PROVIDER: &str = "identity_provider";
 const JWKS_CLUSTER: &str = "jwks";
@@ -37,14 +36,7 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
     let domain = select_domain(config, options.gateway.domain.as_deref())?;
     let gateway = &options.gateway;
 
-    for (shortname, _) in &options.upstreams {
-        if !domain.endpoints.iter().any(|e| &e.shortname == shortname) {
-            return Err(RenderError(format!(
-                "--upstream names {shortname:?}, which is no endpoint shortname of domain {:?}",
-                domain.domain
-            )));
-        }
-    }
+    known_shortnames(domain, "--upstream", &options.upstreams)?;
     // Every endpoint needs somewhere to send its traffic; list every one that has none.
     // Clients address an endpoint by the name in its `endpoint` field (the Host header Envoy
     // routes on); `--upstream` only changes where Envoy forwards it.
@@ -128,7 +120,7 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
         http_filters.push(jwt_authn_filter(provider));
         clusters.push(jwks_cluster(JWKS_CLUSTER, &provider.jwks_uri)?);
     }
-    http_filters.push(lua_filter(gateway, JWT_PAYLOAD_KEY));
+    http_filters.push(lua_filter(gateway));
     http_filters.push(ratelimit_filter(&domain.domain, gateway));
     http_filters.push(json!({
         "name": "envoy.filters.http.router",

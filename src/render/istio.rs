@@ -9,8 +9,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    GatewayOptions, HostPort, JwtMode, RLS_CLUSTER, RenderError, cluster, header, lua_filter,
-    rate_limit, ratelimit_filter, select_domain, to_yaml,
+    GatewayOptions, HostPort, JwtMode, JwtProvider, RLS_CLUSTER, RenderError, cluster, header,
+    known_shortnames, lua_filter, rate_limit, ratelimit_filter, select_domain, to_yaml,
 };
 use crate::config::Config;
 
@@ -34,14 +34,7 @@ pub struct IstioOptions {
 pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderError> {
     let domain = select_domain(config, options.gateway.domain.as_deref())?;
     let gateway = &options.gateway;
-    for (shortname, _) in &options.hosts {
-        if !domain.endpoints.iter().any(|e| &e.shortname == shortname) {
-            return Err(RenderError(format!(
-                "--host names {shortname:?}, which is no endpoint shortname of domain {:?}",
-                domain.domain
-            )));
-        }
-    }
+    known_shortnames(domain, "--host", &options.hosts)?;
     let mut rate_limits = Vec::new();
     let mut missing = Vec::new();
     for ep in &domain.endpoints {
@@ -76,18 +69,12 @@ pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderE
         return Err(RenderError(missing.join("\n")));
     }
 
-    let payload_key = match &gateway.jwt {
-        // Istio's jwt_authn keeps each verified payload under its issuer.
-        JwtMode::Verify(p) => match &p.issuer {
-            Some(issuer) => issuer.clone(),
-            None => {
-                return Err(RenderError(
-                    "Istio's RequestAuthentication needs the issuer: pass --jwt-issuer".into(),
-                ));
-            }
-        },
-        _ => super::envoy::JWT_PAYLOAD_KEY.to_owned(),
-    };
+    // Istio's RequestAuthentication needs the issuer (it keys the verified payload by it).
+    if let JwtMode::Verify(JwtProvider { issuer: None, .. }) = &gateway.jwt {
+        return Err(RenderError(
+            "Istio's RequestAuthentication needs the issuer: pass --jwt-issuer".into(),
+        ));
+    }
 
     let hcm = "envoy.filters.network.http_connection_manager";
     let before_router = json!({
@@ -115,7 +102,7 @@ pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderE
         {
             "applyTo": "HTTP_FILTER",
             "match": before_router,
-            "patch": { "operation": "INSERT_BEFORE", "value": lua_filter(gateway, &payload_key) }
+            "patch": { "operation": "INSERT_BEFORE", "value": lua_filter(gateway) }
         },
         {
             "applyTo": "HTTP_FILTER",
@@ -145,7 +132,7 @@ pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderE
     })];
     if let JwtMode::Verify(p) = &gateway.jwt {
         let mut rule = json!({
-            "issuer": payload_key,
+            "issuer": p.issuer,
             "jwksUri": p.jwks_uri.as_str(),
             "forwardOriginalToken": true
         });

@@ -19,9 +19,9 @@ fn host_port_parses_names_and_addresses() {
 
 #[test]
 fn lua_settings_are_rewritten_and_nothing_else() {
-    let lua = consumer_lua(&JwtMode::Ignore, "https://idp.example/realms/a\"b", 512);
+    let lua = consumer_lua(&[Source::Jwt, Source::Basic], &JwtMode::Ignore, 512);
+    assert!(lua.contains("\nlocal SOURCES = \"basic,jwt\"\n"), "{lua}");
     assert!(lua.contains("\nlocal JWT_MODE = \"ignore\"\n"), "{lua}");
-    assert!(lua.contains("\nlocal JWT_PAYLOAD_KEY = \"https://idp.example/realms/a\\\"b\"\n"));
     assert!(lua.contains("\nlocal MAX_FORM_BYTES = 512\n"));
     // Every other line is the file's own.
     let changed = lua
@@ -46,4 +46,9 @@ fn yaml_keeps_the_lua_script_verbatim() {
     assert!(text.starts_with("# head\n"));
     let back: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(back["code"].as_str(), Some(CONSUMER_ID_LUA));
+}
+
+#[test]
+fn lua_strings_are_escaped() {
+    assert_eq!(lua_string("a\"b\\\n"), "\"a\\\"b\\\\\\10\"");
 }
