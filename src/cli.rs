@@ -124,6 +124,7 @@ fn describe_descriptors(descriptors: &[DescriptorConfig], depth: usize, out: &mu
                 unit,
                 name,
                 replaces,
+                ..
             }) => {
                 let mut l = format!(": {requests_per_unit}/{unit}");
                 if let Some(n) = name {

@@ -293,6 +293,7 @@ fn envoy_format_loads() {
         Some(RateLimitConfig::Limit {
             requests_per_unit: 100,
             unit: Unit::Minute,
+            counting: Counting::default(),
             name: Some("per-client".into()),
             replaces: vec![]
         })
