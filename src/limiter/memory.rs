@@ -451,6 +451,7 @@ mod tests {
     use super::*;
     use crate::descriptor::CounterScope;
     use crate::limiter::clock::ManualClock;
+    use proptest::prelude::*;
 
     fn op(name: &str, limit: u64, hits: u64) -> CounterOp {
         CounterOp {
@@ -500,5 +501,165 @@ mod tests {
         // Rejected requests consumed nothing on the second counter.
         let out = store.apply_now(&[op("other", 5000, 0)], false);
         assert_eq!(out.states[0].before, 1000);
+    }
+
+    /// One arrival in a property test: after `gap` ms, `hits` taken (or given back).
+    #[derive(Debug, Clone)]
+    struct Arrival {
+        gap: u64,
+        hits: u64,
+        negative: bool,
+    }
+
+    /// Random arrivals; with `negatives`, about one in ten gives hits back.
+    fn arrivals(max_gap: u64, negatives: bool) -> impl Strategy<Value = Vec<Arrival>> {
+        let p = if negatives { 0.1 } else { 0.0 };
+        prop::collection::vec(
+            (0..max_gap, 0u64..4, prop::bool::weighted(p)).prop_map(|(gap, hits, negative)| {
+                Arrival {
+                    gap,
+                    hits,
+                    negative,
+                }
+            }),
+            1..120,
+        )
+    }
+
+    fn strict_op(algorithm: Algorithm, window_secs: u64, limit: u64, capacity: u64) -> CounterOp {
+        CounterOp {
+            key: CounterKey::new("d", "p", &CounterScope::Overall),
+            window_secs,
+            algorithm,
+            limit,
+            capacity,
+            hits: 0,
+            negative: false,
+            enforce: true,
+        }
+    }
+
+    /// Replays `arrivals` through the store; returns each decision with its time.
+    fn replay(op: &CounterOp, arrivals: &[Arrival]) -> Vec<(u64, Arrival, CounterState, bool)> {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        arrivals
+            .iter()
+            .map(|a| {
+                clock.advance_ms(a.gap);
+                let this = CounterOp {
+                    hits: a.hits,
+                    negative: a.negative,
+                    ..op.clone()
+                };
+                let out = store.apply_now(&[this], false);
+                (out.now_ms, a.clone(), out.states[0], out.committed)
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The sliding window against a plain log of every admitted hit: admitted if and
+        /// only if it fits in (t - window, t], and never more than the limit in any interval
+        /// of the window's length.
+        #[test]
+        fn sliding_window_matches_a_plain_log(
+            window_secs in 1u64..5,
+            limit in 1u64..8,
+            arrivals in any::<bool>().prop_flat_map(|n| arrivals(2_500, n)),
+        ) {
+            let win = window_secs * 1000;
+            let op = strict_op(Algorithm::SlidingWindow, window_secs, limit, limit);
+            let mut log: Vec<u64> = Vec::new();
+            for (t, a, s, committed) in replay(&op, &arrivals) {
+                let live: Vec<u64> = log.iter().copied().filter(|&x| x + win > t).collect();
+                let count = live.len() as u64;
+                prop_assert_eq!(s.before, count);
+                if a.negative {
+                    prop_assert!(committed);
+                    let drop = (a.hits as usize).min(live.len());
+                    log.truncate(log.len() - drop);
+                } else {
+                    let fits = count + a.hits <= limit;
+                    prop_assert_eq!(committed, fits, "at {} count {} hits {}", t, count, a.hits);
+                    if fits {
+                        log.extend(std::iter::repeat_n(t, a.hits as usize));
+                        let live = count + a.hits;
+                        prop_assert_eq!(s.remaining, limit - live);
+                        let expected = if live == 0 {
+                            0
+                        } else {
+                            log.iter().copied().find(|&x| x + win > t).unwrap() + win - t
+                        };
+                        prop_assert_eq!(s.reset_ms, expected);
+                    } else if a.hits <= limit {
+                        // Admitted exactly when the oldest count + hits - limit have left.
+                        let k = (count + a.hits - limit) as usize;
+                        prop_assert_eq!(s.reset_ms, live[k - 1] + win - t);
+                    }
+                }
+            }
+            // The guarantee itself: any interval of the window's length holds ≤ limit.
+            for &start in &log {
+                let within = log.iter().filter(|&&x| x >= start && x < start + win).count();
+                prop_assert!(within as u64 <= limit, "{} hits in [{}, +{})", within, start, win);
+            }
+        }
+
+        /// The bucket against a plain token count (tokens × window, refilled `limit` per ms up
+        /// to the capacity): admitted if and only if its tokens are there, and over any
+        /// interval, admitted ≤ burst + limit × t / window.
+        #[test]
+        fn token_bucket_matches_a_plain_token_count(
+            window_secs in 1u64..20,
+            limit in 1u64..8,
+            capacity in 1u64..10,
+            (negatives, arrivals) in any::<bool>().prop_flat_map(|n| (Just(n), arrivals(4_000, n))),
+        ) {
+            let win = window_secs * 1000;
+            let full = capacity * win;
+            let op = strict_op(Algorithm::TokenBucket, window_secs, limit, capacity);
+            let (mut tokens, mut last) = (full, None::<u64>);
+            let mut admitted: Vec<(u64, u64)> = Vec::new();
+            for (t, a, s, committed) in replay(&op, &arrivals) {
+                if let Some(l) = last {
+                    tokens = (tokens + (t - l) * limit).min(full);
+                }
+                last = Some(t);
+                prop_assert_eq!(s.before, capacity - tokens / win);
+                if a.negative {
+                    tokens = (tokens + a.hits * win).min(full);
+                    prop_assert!(committed);
+                } else {
+                    let fits = a.hits * win <= tokens;
+                    prop_assert_eq!(committed, fits, "at {} tokens {} hits {}", t, tokens, a.hits);
+                    if fits {
+                        tokens -= a.hits * win;
+                        admitted.push((t, a.hits));
+                        let expected = if tokens >= full {
+                            0
+                        } else {
+                            ((tokens / win + 1) * win - tokens).div_ceil(limit)
+                        };
+                        prop_assert_eq!(s.reset_ms, expected);
+                    } else if a.hits <= capacity {
+                        prop_assert_eq!(s.reset_ms, (a.hits * win - tokens).div_ceil(limit));
+                    }
+                }
+                prop_assert_eq!(s.remaining, tokens / win);
+            }
+            // The guarantee itself, on every interval between two admit times (given-back
+            // tokens are taken again, so it holds for runs without give-backs).
+            let checked = if negatives { &admitted[..0] } else { &admitted[..] };
+            for (i, &(from, _)) in checked.iter().enumerate() {
+                let mut sum = 0;
+                for &(to, hits) in &checked[i..] {
+                    sum += hits;
+                    // sum ≤ capacity + limit × (to - from) / window, in integers.
+                    prop_assert!(sum * win <= full + limit * (to - from),
+                        "{} hits in [{}, {}]", sum, from, to);
+                }
+            }
+        }
     }
 }
