@@ -5,6 +5,10 @@ use super::diag::{Diagnostics, Pos, did_you_mean};
 use super::model::{Algorithm, Counting, MAX_WINDOW_MS, Unit};
 use super::yaml::{Node, Value};
 
+/// Above this limit, `validate` warns about a sliding window's memory: its exact log holds
+/// one entry (about 10 bytes in Redis, measured with `MEMORY USAGE`) per admitted hit.
+const SLIDING_LOG_WARN: u32 = 100_000;
+
 /// The file being checked and the diagnostics found so far.
 pub struct Ctx<'a> {
     /// The file name used in diagnostics.
@@ -303,6 +307,19 @@ impl<'n> Fields<'n> {
                     ),
                 );
             }
+        }
+        if algorithm == Algorithm::SlidingWindow
+            && let Some(&big) = limits.iter().find(|&&l| l > SLIDING_LOG_WARN)
+        {
+            let pos = self.get("algorithm").map_or(self.pos, |n| n.pos);
+            cx.warning(
+                pos,
+                &self.path_of("algorithm"),
+                format!(
+                    "a sliding window logs every admitted hit: a limit of {big} holds up to {big} entries (about {} MB in Redis) per counter",
+                    u64::from(big) * 10 / 1_000_000
+                ),
+            );
         }
         Counting {
             unit_multiplier,

@@ -152,6 +152,24 @@ impl Counting {
             .saturating_mul(u64::from(self.unit_multiplier.max(1)))
     }
 
+    /// The window and algorithm as `validate` prints them after a limit and a `/`:
+    /// `minute`, `15 seconds`, `15 seconds, token bucket of 20`.
+    pub fn per(&self, unit: Unit) -> String {
+        let mut s = match self.unit_multiplier {
+            0 | 1 => unit.to_string(),
+            m => format!("{m} {unit}s"),
+        };
+        match (self.algorithm, self.burst) {
+            (Algorithm::FixedWindow, _) => {}
+            (Algorithm::SlidingWindow, _) => s.push_str(", sliding window"),
+            (Algorithm::TokenBucket, None) => s.push_str(", token bucket"),
+            (Algorithm::TokenBucket, Some(b)) => {
+                s.push_str(&format!(", token bucket of {b}"));
+            }
+        }
+        s
+    }
+
     /// A bucket's capacity for a rule whose limit is `limit`.
     pub fn capacity(&self, limit: u32) -> u32 {
         self.burst.unwrap_or(limit)

@@ -523,3 +523,25 @@ descriptors:
         assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
     }
 }
+
+#[test]
+fn a_large_sliding_window_warns_about_memory() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      overall_limit: 2000000
+      algorithm: sliding_window
+";
+    let loaded = load_one(text).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.path.ends_with("endpoints[0].algorithm")
+                && w.message
+                    .contains("holds up to 2000000 entries (about 20 MB in Redis)")),
+        "{:#?}",
+        loaded.warnings
+    );
+}

@@ -7,7 +7,8 @@
 //! Single node: one script call per request, whatever the number of counters (one round
 //! trip). Cluster: counters are grouped by hash tag (`{domain:endpoint}`), one script per
 //! group runs concurrently; when some groups count and another is over limit, the groups
-//! that counted are given their hits back, so a rejected request still consumes nothing.
+//! that counted are given their hits back (an exact inverse per algorithm: `give_back`), so a
+//! rejected request still consumes nothing.
 
 mod breaker;
 mod script;
