@@ -143,3 +143,41 @@ fn envoy_enforces_the_answers() {
         "failure_mode_deny must not let requests through without the RLS"
     );
 }
+
+#[test]
+fn envoy_reads_the_window_multiplier_of_a_shared_bucket() {
+    // The seed's egress bucket, slowed to 5 tokens per 15 minutes so no token comes back
+    // during the test: Envoy's headers carry the 900 s window from `unit_multiplier`.
+    let (_dir, limits) = integration_tests::temp_file(
+        "limits.yaml",
+        "kcse_rate_limits:
+  endpoints:
+    - name: egress
+      shortname: kcserl
+      overall_limit: 5
+      unit: minute
+      unit_multiplier: 15
+      algorithm: token_bucket
+",
+    );
+    let rls = Rls::start(&["--config", limits.to_str().unwrap()]);
+    let upstream = start_upstream();
+    let listen = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _envoy = Envoy::start(
+        &bootstrap(listen, rls.grpc_addr.port(), upstream),
+        listen,
+        dir.path(),
+    );
+    for i in 0..5 {
+        let (status, head) = get(listen, "/geocode", None);
+        assert_eq!(status, 200, "request {i}: {head}");
+    }
+    let (status, head) = get(listen, "/geocode", None);
+    assert_eq!(status, 429, "{head}");
+    assert!(
+        head.contains("x-ratelimit-limit: 5, 5;w=900;name=\"kcserl overall\""),
+        "{head}"
+    );
+    assert!(head.contains("x-ratelimit-remaining: 0"), "{head}");
+}

@@ -423,6 +423,28 @@ async fn shadow_counters_never_block(store: &dyn CounterStore, ns: &str) {
         "shadow counters count past their limit"
     );
     assert_eq!(out.states[1].after, 1);
+    // A shadow sliding log stays over its limit but holds at most one entry past it; a
+    // shadow bucket's tokens stay at 0.
+    for a in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
+        let name = format!("shadow-{a}");
+        let shadow = CounterOp {
+            enforce: false,
+            ..algo_op(ns, &name, a, YEAR, 2, 1_000)
+        };
+        let out = apply(store, &[shadow.clone()], false).await;
+        assert!(out.committed && out.states[0].over, "{a}");
+        assert_eq!(out.states[0].remaining, 0, "{a}");
+        let check = CounterOp {
+            hits: 0,
+            enforce: true,
+            ..shadow
+        };
+        let out = apply(store, &[check], false).await;
+        assert_eq!(out.states[0].remaining, 0, "{a}");
+        if a == Algorithm::SlidingWindow {
+            assert_eq!(out.states[0].before, 3, "{a}: limit + 1 entries");
+        }
+    }
 }
 
 async fn ops_sharing_a_key_add_up(store: &dyn CounterStore, ns: &str) {

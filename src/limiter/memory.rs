@@ -338,7 +338,14 @@ fn decide(op: &CounterOp, sim: Sim, log: Option<&VecDeque<u64>>, now: u64) -> (C
                     count - from_new - from_stored,
                 )
             } else {
-                (pop, add.saturating_add(hits), count.saturating_add(hits))
+                // A shadow-mode log counts past its limit, but one entry past it is enough to
+                // stay over: the log never holds more than limit + 1 entries.
+                let logged = if over {
+                    hits.min((limit + 1).saturating_sub(count))
+                } else {
+                    hits
+                };
+                (pop, add + logged, count + logged)
             };
             let reset_ms = if over {
                 if limit == 0 || hits > limit {
@@ -384,7 +391,8 @@ fn decide(op: &CounterOp, sim: Sim, log: Option<&VecDeque<u64>>, now: u64) -> (C
             } else {
                 u128::from(debt) + cost(hits)
             };
-            let new_debt = u64::try_from(new_debt).unwrap_or(u64::MAX);
+            // As the Redis script: a shadow-mode bucket's debt stays below 2^53.
+            let new_debt = u64::try_from(new_debt.min((1 << 53) - 1)).unwrap_or(u64::MAX);
             let reset_ms = if limit == 0 {
                 win
             } else if over && hits > cap {

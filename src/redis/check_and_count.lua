@@ -39,6 +39,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local blocked = ARGV[1] == '1'
 local N = 8
+local MAX_EXACT = 9007199254740991 -- 2^53 - 1
 
 local function fmt(n)
   return string.format('%d', n)
@@ -186,8 +187,12 @@ for i = 1, #KEYS do
       s.pop = s.pop + from_stored
       after = count - from_new - from_stored
     else
-      s.add = s.add + hits
-      after = count + hits
+      -- A shadow-mode log counts past its limit, but one entry past it is enough to stay
+      -- over: the log never holds more than limit + 1 entries.
+      local logged = hits
+      if over then logged = math.min(hits, math.max(0, limit + 1 - count)) end
+      s.add = s.add + logged
+      after = count + logged
     end
     if not over then
       if after == 0 then reset = 0 else reset = kth(1) + win - now end
@@ -211,6 +216,8 @@ for i = 1, #KEYS do
     over = (not negative) and (limit == 0 or hits > cap or debt + hits * win > full)
     local new_debt
     if negative then new_debt = math.max(0, debt - hits * win) else new_debt = debt + hits * win end
+    -- A shadow-mode bucket counts past its capacity; keep its debt an exact integer.
+    new_debt = math.min(new_debt, MAX_EXACT)
     if limit == 0 then
       reset = win
     elseif over and hits > cap then
