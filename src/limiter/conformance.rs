@@ -431,7 +431,7 @@ async fn shadow_counters_never_block(store: &dyn CounterStore, ns: &str) {
             enforce: false,
             ..algo_op(ns, &name, a, YEAR, 2, 1_000)
         };
-        let out = apply(store, &[shadow.clone()], false).await;
+        let out = apply(store, std::slice::from_ref(&shadow), false).await;
         assert!(out.committed && out.states[0].over, "{a}");
         assert_eq!(out.states[0].remaining, 0, "{a}");
         let check = CounterOp {
