@@ -75,7 +75,7 @@ pub fn describe(config: &Config) -> String {
             let overall = match ep.overall_limit {
                 OverallLimit::None => "none".to_owned(),
                 OverallLimit::RejectAll => "0 (every request is rejected)".to_owned(),
-                OverallLimit::Limit(n) => format!("{n}/{}", ep.unit),
+                OverallLimit::Limit(n) => format!("{n}/{}", ep.counting.per(ep.unit)),
             };
             let _ = write!(
                 out,
@@ -92,15 +92,18 @@ pub fn describe(config: &Config) -> String {
             for p in &ep.uri_prefixes {
                 let anon = p.anon_value.map_or_else(
                     || "unlimited".to_owned(),
-                    |a| format!("{a}/{} shared", p.unit),
+                    |a| format!("{a}/{} shared", p.counting.per(p.unit)),
                 );
                 let _ = writeln!(
                     out,
                     "    prefix {}: each consumer {}/{}, anonymous {anon}",
-                    p.prefix, p.value, p.unit
+                    p.prefix,
+                    p.value,
+                    p.counting.per(p.unit)
                 );
                 for i in &p.invokers {
-                    let _ = writeln!(out, "      client {}: {}/{}", i.client, i.value, i.unit);
+                    let per = i.counting.per(i.unit);
+                    let _ = writeln!(out, "      client {}: {}/{per}", i.client, i.value);
                 }
             }
         }
@@ -127,8 +130,9 @@ fn describe_descriptors(descriptors: &[DescriptorConfig], depth: usize, out: &mu
                 unit,
                 name,
                 replaces,
+                counting,
             }) => {
-                let mut l = format!(": {requests_per_unit}/{unit}");
+                let mut l = format!(": {requests_per_unit}/{}", counting.per(*unit));
                 if let Some(n) = name {
                     let _ = write!(l, " as {n}");
                 }

@@ -797,3 +797,53 @@ fn the_istio_example_is_what_render_prints_today() {
     let bootstrap = istio_bootstrap(&committed, free_port(), 8081, 8080);
     envoy::validate(&bootstrap, dir.path()).unwrap();
 }
+
+#[test]
+fn envoy_reads_the_window_multiplier_of_a_shared_bucket() {
+    // The seed's egress bucket, slowed to 5 tokens per 15 minutes so that no token comes back
+    // during the test: Envoy's headers carry the 900 s window from `unit_multiplier`.
+    let (_dir, limits) = integration_tests::temp_file(
+        "limits.yaml",
+        "kcse_rate_limits:
+  endpoints:
+    - name: egress
+      shortname: geocode
+      endpoint: maps.example:443
+      overall_limit: 5
+      unit: minute
+      unit_multiplier: 15
+      algorithm: token_bucket
+",
+    );
+    let rls = Rls::start(&["--config", limits.to_str().unwrap()]);
+    let upstream = format!("geocode=127.0.0.1:{}", start_upstream());
+    let listen = free_port();
+    let config = render(
+        "envoy",
+        &limits,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--rls-addr",
+            &rls.grpc_addr.to_string(),
+            "--upstream",
+            &upstream,
+            "--timeout",
+            "2s",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start(&config, listen, dir.path());
+    for i in 0..5 {
+        let r = send(envoy.port, "GET", "/geocode", "maps.example", &[], b"");
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    let r = send(envoy.port, "GET", "/geocode", "maps.example", &[], b"");
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(
+        r.header("x-ratelimit-limit"),
+        Some("5, 5;w=900;name=\"geocode overall\""),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::redis::{RedisCluster, RedisServer};
+use ironclad_rls::config::Algorithm;
 use ironclad_rls::descriptor::{CounterKey, CounterScope};
 use ironclad_rls::limiter::conformance;
 use ironclad_rls::limiter::{CounterOp, CounterStore};
@@ -66,7 +67,9 @@ fn op(endpoint: &str, limit: u64) -> CounterOp {
             },
         ),
         window_secs: 60,
+        algorithm: Algorithm::FixedWindow,
         limit,
+        capacity: limit,
         hits: 1,
         negative: false,
         enforce: true,
@@ -105,25 +108,91 @@ async fn a_rejected_cross_slot_request_consumes_nothing_on_any_slot() {
             .unwrap();
         slot / 5461
     };
-    let full = op("full", 1);
-    store
-        .apply(std::slice::from_ref(&full), false)
-        .await
-        .unwrap();
     let other = (0..100)
         .map(|i| format!("roomy{i}"))
         .find(|e| master_of(&format!("d:{e}")) != master_of("d:full"))
         .unwrap();
-    let roomy = op(&other, 100);
-    let out = store
-        .apply(&[roomy.clone(), full.clone()], false)
-        .await
-        .unwrap();
-    assert!(!out.committed);
-    let check = CounterOp { hits: 0, ..roomy };
-    let after = store.apply(&[check], false).await.unwrap();
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    ] {
+        let with = |op: CounterOp| CounterOp { algorithm, ..op };
+        let full = with(op("full", 1));
+        store
+            .apply(std::slice::from_ref(&full), false)
+            .await
+            .unwrap();
+        // The roomy counter counts 3 hits per request, so a give-back must undo all 3.
+        let roomy = CounterOp {
+            hits: 3,
+            ..with(op(&other, 100))
+        };
+        let out = store
+            .apply(&[roomy.clone(), full.clone()], false)
+            .await
+            .unwrap();
+        assert!(!out.committed, "{algorithm}");
+        assert_eq!(
+            (out.states[0].after, out.states[0].remaining),
+            (0, 100),
+            "{algorithm}: the answer says nothing was counted"
+        );
+        let check = CounterOp { hits: 0, ..roomy };
+        let after = store.apply(&[check], false).await.unwrap();
+        assert_eq!(
+            (after.states[0].before, after.states[0].remaining),
+            (0, 100),
+            "{algorithm}: the roomy counter got its hits back"
+        );
+        if algorithm != Algorithm::FixedWindow {
+            // An empty log and a full bucket hold no state at all.
+            assert!(
+                !cluster.keys().iter().any(|k| k.contains(&other)),
+                "{algorithm}: {:?}",
+                cluster.keys()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn strict_algorithms_keep_documented_keys_with_an_expiry() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(options(RedisTarget::Single(redis.url()))).unwrap();
+    ready(&store).await;
+    let sliding = CounterOp {
+        algorithm: Algorithm::SlidingWindow,
+        window_secs: 15,
+        hits: 2,
+        ..op("e", 5)
+    };
+    let bucket = CounterOp {
+        algorithm: Algorithm::TokenBucket,
+        window_secs: 15,
+        ..op("e", 5)
+    };
+    let out = store.apply(&[sliding, bucket], false).await.unwrap();
+    assert!(out.committed);
+    let log = "rls:{d:e}:p:/a:c:c%3A1:15000:s";
+    let gcra = "rls:{d:e}:p:/a:c:c%3A1:15000:b";
+    let mut keys: Vec<String> = redis.cli(&["--scan"]).lines().map(str::to_owned).collect();
+    keys.sort();
+    assert_eq!(keys, vec![gcra.to_owned(), log.to_owned()]);
+    // The log holds one admit time per hit, newest first; it expires with its newest.
+    let now = out.now_ms.to_string();
     assert_eq!(
-        after.states[0].before, 0,
-        "the roomy counter got its hit back"
+        redis
+            .cli(&["LRANGE", log, "0", "-1"])
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![now.as_str(), now.as_str()]
     );
+    let ttl: i64 = redis.cli(&["PTTL", log]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 15_000, "PTTL {ttl}");
+    // The bucket holds its GCRA debt (one token = 15000) and when it was written; it
+    // expires when the debt is paid off (15000 / 5 per ms).
+    assert_eq!(redis.cli(&["GET", gcra]).trim(), format!("15000 {now}"));
+    let ttl: i64 = redis.cli(&["PTTL", gcra]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3_000, "PTTL {ttl}");
 }

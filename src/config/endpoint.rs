@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::diag::Pos;
 use super::fields::{Ctx, Fields, join};
 use super::model::{
-    Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
+    Counting, Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
 };
 use super::yaml::Node;
 use crate::descriptor::normalize_path;
@@ -24,14 +24,34 @@ const ENDPOINT_FIELDS: &[&str] = &[
     "endpoint",
     "overall_limit",
     "unit",
+    "unit_multiplier",
+    "algorithm",
+    "burst",
     "soft",
     "shadow_mode",
     "uri_prefixes",
     "url_prefixes",
 ];
 const SOFT_FIELDS: &[&str] = &["value", "step"];
-const PREFIX_FIELDS: &[&str] = &["prefix", "unit", "value", "anon_value", "invokers"];
-const INVOKER_FIELDS: &[&str] = &["client", "unit", "value", "anon_value"];
+const PREFIX_FIELDS: &[&str] = &[
+    "prefix",
+    "unit",
+    "unit_multiplier",
+    "algorithm",
+    "burst",
+    "value",
+    "anon_value",
+    "invokers",
+];
+const INVOKER_FIELDS: &[&str] = &[
+    "client",
+    "unit",
+    "unit_multiplier",
+    "algorithm",
+    "burst",
+    "value",
+    "anon_value",
+];
 
 /// Reads the `kcse_rate_limits` block of one file. Returns `None` when the block itself is
 /// unusable; problems inside it are all recorded in `cx`.
@@ -117,6 +137,20 @@ fn parse_endpoint(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Endpoin
         Some(v) => OverallLimit::Limit(u32::try_from(v).unwrap_or(u32::MAX)),
     };
     let unit = f.opt_unit(cx, "unit").unwrap_or(Unit::Minute);
+    let overall_limits: Vec<u32> = match overall_limit {
+        OverallLimit::Limit(l) => vec![l],
+        _ => Vec::new(),
+    };
+    let counting = f.counting(cx, unit, Counting::default(), &overall_limits);
+    if let (Some(n), OverallLimit::None | OverallLimit::RejectAll) = (f.get("burst"), overall_limit)
+    {
+        // At this level `burst` sizes the overall bucket, and there is none.
+        cx.error(
+            n.pos,
+            &f.path_of("burst"),
+            "sizes the overall bucket, but there is none: overall_limit must be above 0",
+        );
+    }
     let soft = f
         .get("soft")
         .and_then(|n| parse_soft(cx, n, f.path_of("soft")));
@@ -137,7 +171,7 @@ fn parse_endpoint(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Endpoin
     let mut uri_prefixes: Vec<UriPrefix> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for (ppath, pnode) in f.opt_list(cx, prefixes_key).unwrap_or_default() {
-        let Some(p) = parse_prefix(cx, pnode, ppath.clone(), unit) else {
+        let Some(p) = parse_prefix(cx, pnode, ppath.clone(), unit, counting) else {
             continue;
         };
         if let Some(first) = seen.get(&p.prefix) {
@@ -173,6 +207,7 @@ fn parse_endpoint(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Endpoin
         endpoint,
         overall_limit,
         unit,
+        counting,
         soft,
         shadow_mode,
         uri_prefixes,
@@ -204,6 +239,7 @@ fn parse_prefix(
     node: &Node,
     path: String,
     default_unit: Unit,
+    parent: Counting,
 ) -> Option<UriPrefix> {
     let f = Fields::new(cx, node, path, PREFIX_FIELDS)?;
     let raw = f.req_str(cx, "prefix");
@@ -241,10 +277,17 @@ fn parse_prefix(
         );
     }
     let value = value.unwrap_or(1);
+    let limits: Vec<u32> = std::iter::once(value).chain(anon_value).collect();
+    let counting = f.counting(cx, unit, parent, &limits);
+    // An invoker inherits everything but `burst`, which sizes this level's buckets only.
+    let inherited = Counting {
+        burst: None,
+        ..counting
+    };
 
     let mut invokers: Vec<Invoker> = Vec::new();
     for (ipath, inode) in f.opt_list(cx, "invokers").unwrap_or_default() {
-        let Some(inv) = parse_invoker(cx, inode, ipath.clone(), unit, value) else {
+        let Some(inv) = parse_invoker(cx, inode, ipath.clone(), unit, inherited, value) else {
             continue;
         };
         if invokers.iter().any(|i| i.client == inv.client) {
@@ -260,6 +303,7 @@ fn parse_prefix(
     Some(UriPrefix {
         prefix: prefix?,
         unit,
+        counting,
         value,
         anon_value,
         invokers,
@@ -271,12 +315,14 @@ fn parse_invoker(
     node: &Node,
     path: String,
     unit: Unit,
+    parent: Counting,
     value: u32,
 ) -> Option<Invoker> {
     let f = Fields::new(cx, node, path, INVOKER_FIELDS)?;
     let client = f.req_str(cx, "client");
     let unit = f.opt_unit(cx, "unit").unwrap_or(unit);
     let value = f.opt_limit(cx, "value").unwrap_or(value);
+    let counting = f.counting(cx, unit, parent, &[value]);
     if let Some(n) = f.get("anon_value") {
         // The seed's full example has one; it must load, but it cannot mean anything.
         cx.warning(
@@ -288,6 +334,7 @@ fn parse_invoker(
     Some(Invoker {
         client: client?,
         unit,
+        counting,
         value,
     })
 }

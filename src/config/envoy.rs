@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::fields::{Ctx, Fields};
-use super::model::{DescriptorConfig, DescriptorDomain, Origin, RateLimitConfig};
+use super::model::{Counting, DescriptorConfig, DescriptorDomain, Origin, RateLimitConfig};
 use super::yaml::Node;
 
 const ROOT_FIELDS: &[&str] = &["domain", "descriptors"];
@@ -17,7 +17,16 @@ const DESCRIPTOR_FIELDS: &[&str] = &[
     "detailed_metric",
     "share_threshold",
 ];
-const RATE_LIMIT_FIELDS: &[&str] = &["unit", "requests_per_unit", "unlimited", "name", "replaces"];
+const RATE_LIMIT_FIELDS: &[&str] = &[
+    "unit",
+    "requests_per_unit",
+    "unit_multiplier",
+    "algorithm",
+    "burst",
+    "unlimited",
+    "name",
+    "replaces",
+];
 const REPLACES_FIELDS: &[&str] = &["name"];
 
 /// A `replaces` entry, checked once every rule name of the domain is known.
@@ -134,7 +143,14 @@ fn parse_rate_limit(
     let f = Fields::new(cx, node, path, RATE_LIMIT_FIELDS)?;
     let name = f.opt_str(cx, "name");
     if f.opt_bool(cx, "unlimited").unwrap_or(false) {
-        for field in ["unit", "requests_per_unit", "replaces"] {
+        for field in [
+            "unit",
+            "requests_per_unit",
+            "unit_multiplier",
+            "algorithm",
+            "burst",
+            "replaces",
+        ] {
             if let Some(n) = f.get(field) {
                 cx.error(
                     n.pos,
@@ -153,6 +169,10 @@ fn parse_rate_limit(
     let unit = f.opt_unit(cx, "unit");
     f.require(cx, "requests_per_unit", "required field is missing");
     let requests_per_unit = f.opt_limit(cx, "requests_per_unit");
+    let counting = unit.map(|u| {
+        let limits: Vec<u32> = requests_per_unit.into_iter().collect();
+        f.counting(cx, u, Counting::default(), &limits)
+    });
     let mut replaces = Vec::new();
     for (rpath, rnode) in f.opt_list(cx, "replaces").unwrap_or_default() {
         if let Some(rf) = Fields::new(cx, rnode, rpath, REPLACES_FIELDS)
@@ -170,6 +190,7 @@ fn parse_rate_limit(
     Some(RateLimitConfig::Limit {
         requests_per_unit: requests_per_unit?,
         unit: unit?,
+        counting: counting?,
         name,
         replaces,
     })

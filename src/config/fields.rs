@@ -2,8 +2,12 @@
 //! fails records a diagnostic with the field path and carries on, so one pass reports all.
 
 use super::diag::{Diagnostics, Pos, did_you_mean};
-use super::model::Unit;
+use super::model::{Algorithm, Counting, MAX_WINDOW_MS, Unit};
 use super::yaml::{Node, Value};
+
+/// Above this limit, `validate` warns about a sliding window's memory: its exact log holds
+/// one entry (about 10 bytes in Redis, measured with `MEMORY USAGE`) per admitted hit.
+const SLIDING_LOG_WARN: u32 = 100_000;
 
 /// The file being checked and the diagnostics found so far.
 pub struct Ctx<'a> {
@@ -209,6 +213,119 @@ impl<'n> Fields<'n> {
             ),
         );
         None
+    }
+
+    /// An optional algorithm name.
+    pub fn opt_algorithm(&self, cx: &mut Ctx<'_>, key: &str) -> Option<Algorithm> {
+        let node = self.get(key)?;
+        let text = self.opt_str(cx, key)?;
+        if let Some(a) = Algorithm::parse(&text) {
+            return Some(a);
+        }
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        let hint = did_you_mean(&text, &names)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        cx.error(
+            node.pos,
+            &self.path_of(key),
+            format!(
+                "unknown algorithm \"{text}\"; expected one of {}{hint}",
+                names.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// The counting fields of this level (algorithms.md): `unit_multiplier` and `algorithm`
+    /// are inherited from `parent` (a level that sets `unit` without `unit_multiplier` gets
+    /// multiplier 1); `burst` is this level's own and only valid with `token_bucket`.
+    /// `limits` are the limits this level's buckets hold (for the exactness bound).
+    pub fn counting(
+        &self,
+        cx: &mut Ctx<'_>,
+        unit: Unit,
+        parent: Counting,
+        limits: &[u32],
+    ) -> Counting {
+        let own_multiplier = self
+            .opt_int(cx, "unit_multiplier", 1, u32::MAX.into())
+            .and_then(|m| u32::try_from(m).ok());
+        let unit_multiplier = match own_multiplier {
+            Some(m) => m,
+            None if self.get("unit").is_some() => 1,
+            None => parent.unit_multiplier,
+        };
+        let algorithm = self
+            .opt_algorithm(cx, "algorithm")
+            .unwrap_or(parent.algorithm);
+        let window_ms = u128::from(unit.seconds()) * 1000 * u128::from(unit_multiplier);
+        if window_ms > u128::from(MAX_WINDOW_MS) {
+            let pos = self.get("unit_multiplier").map_or(self.pos, |n| n.pos);
+            cx.error(
+                pos,
+                &self.path_of("unit_multiplier"),
+                format!("a window of {unit_multiplier} × {unit} is too long (at most 2^53 ms)"),
+            );
+        }
+        let mut burst = None;
+        if let Some(node) = self.get("burst") {
+            let value = self
+                .opt_int(cx, "burst", 1, u32::MAX.into())
+                .and_then(|b| u32::try_from(b).ok());
+            if algorithm == Algorithm::TokenBucket {
+                burst = value;
+            } else {
+                cx.error(
+                    node.pos,
+                    &self.path_of("burst"),
+                    format!(
+                        "only valid with `algorithm: token_bucket` (this level counts with {algorithm})"
+                    ),
+                );
+            }
+        }
+        if algorithm == Algorithm::TokenBucket {
+            // The bucket's state is kept in exact integers of (tokens × window ms) in Redis'
+            // Lua, whose numbers are doubles: beyond 2^53 the count would round.
+            let capacities = burst.map_or_else(|| limits.to_vec(), |b| vec![b]);
+            if let Some(cap) = capacities
+                .into_iter()
+                .find(|&c| u128::from(c) * window_ms > u128::from(MAX_WINDOW_MS))
+            {
+                let key = if burst.is_some() {
+                    "burst"
+                } else {
+                    "algorithm"
+                };
+                let pos = self.get(key).map_or(self.pos, |n| n.pos);
+                cx.error(
+                    pos,
+                    &self.path_of(key),
+                    format!(
+                        "a token bucket of {cap} tokens over {unit_multiplier} × {unit} cannot be counted exactly (capacity × window in ms must stay below 2^53)"
+                    ),
+                );
+            }
+        }
+        if algorithm == Algorithm::SlidingWindow
+            && let Some(&big) = limits.iter().find(|&&l| l > SLIDING_LOG_WARN)
+        {
+            let pos = self.get("algorithm").map_or(self.pos, |n| n.pos);
+            cx.warning(
+                pos,
+                &self.path_of("algorithm"),
+                format!(
+                    "a sliding window logs every admitted hit: a limit of {big} holds up to {big} entries (about {} MB in Redis) per counter",
+                    u64::from(big) * 10 / 1_000_000
+                ),
+            );
+        }
+        Counting {
+            unit_multiplier,
+            algorithm,
+            burst,
+        }
     }
 
     /// An optional list; each item is handed to `item` with its index path.

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
 pub use model::{
-    Config, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain, Invoker, Origin,
-    OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
+    Algorithm, Config, Counting, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain,
+    Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
 
 /// What one file holds.

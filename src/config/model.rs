@@ -77,6 +77,105 @@ impl fmt::Display for Unit {
     }
 }
 
+/// How a rule counts (algorithms.md). `fixed_window` is the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Windows aligned to the epoch, `limit` hits per window.
+    #[default]
+    FixedWindow,
+    /// At most `limit` hits in every interval of the window's length (an exact log).
+    SlidingWindow,
+    /// A bucket of `burst` tokens refilled continuously at `limit` per window (GCRA).
+    TokenBucket,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order messages list them.
+    pub const ALL: [Algorithm; 3] = [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    ];
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+
+    /// Parses a configuration spelling (exact, as field names are).
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Largest window, in ms: Redis' Lua numbers are doubles, exact below 2^53.
+pub const MAX_WINDOW_MS: u64 = (1 << 53) - 1;
+
+/// The fields beside a limit that say how it counts (algorithms.md): the window is
+/// `unit × unit_multiplier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Counting {
+    /// The window is this many units (≥ 1).
+    pub unit_multiplier: u32,
+    /// The counting algorithm.
+    pub algorithm: Algorithm,
+    /// A token bucket's capacity; `None`: the limit. Only set with `token_bucket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl Default for Counting {
+    fn default() -> Self {
+        Counting {
+            unit_multiplier: 1,
+            algorithm: Algorithm::FixedWindow,
+            burst: None,
+        }
+    }
+}
+
+impl Counting {
+    /// The window length in seconds (every unit is a whole number of seconds).
+    pub fn window_secs(&self, unit: Unit) -> u64 {
+        unit.seconds()
+            .saturating_mul(u64::from(self.unit_multiplier.max(1)))
+    }
+
+    /// The window and algorithm as `validate` prints them after a limit and a `/`:
+    /// `minute`, `15 seconds`, `15 seconds, token bucket of 20`.
+    pub fn per(&self, unit: Unit) -> String {
+        let mut s = match self.unit_multiplier {
+            0 | 1 => unit.to_string(),
+            m => format!("{m} {unit}s"),
+        };
+        match (self.algorithm, self.burst) {
+            (Algorithm::FixedWindow, _) => {}
+            (Algorithm::SlidingWindow, _) => s.push_str(", sliding window"),
+            (Algorithm::TokenBucket, None) => s.push_str(", token bucket"),
+            (Algorithm::TokenBucket, Some(b)) => {
+                s.push_str(&format!(", token bucket of {b}"));
+            }
+        }
+        s
+    }
+
+    /// A bucket's capacity for a rule whose limit is `limit`.
+    pub fn capacity(&self, limit: u32) -> u32 {
+        self.burst.unwrap_or(limit)
+    }
+}
+
 /// Where a rule was written, so runtime messages can point back at the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Origin {
@@ -140,6 +239,10 @@ pub struct Endpoint {
     pub overall_limit: OverallLimit,
     /// Unit of the overall limit and default of the prefixes.
     pub unit: Unit,
+    /// How the overall limit counts (`burst` sizes the overall bucket); its multiplier and
+    /// algorithm are the prefixes' defaults.
+    #[serde(flatten)]
+    pub counting: Counting,
     /// Soft thresholds.
     pub soft: Option<Soft>,
     /// Decide and count, but always answer OK.
@@ -157,6 +260,9 @@ pub struct UriPrefix {
     pub prefix: String,
     /// Window unit.
     pub unit: Unit,
+    /// How its counters count (`burst` sizes the per-client and anonymous buckets).
+    #[serde(flatten)]
+    pub counting: Counting,
     /// Quota per identified consumer.
     pub value: u32,
     /// Quota shared by all anonymous requests; `None`: anonymous requests are not limited here.
@@ -172,6 +278,9 @@ pub struct Invoker {
     pub client: String,
     /// Window unit.
     pub unit: Unit,
+    /// How its counter counts.
+    #[serde(flatten)]
+    pub counting: Counting,
     /// Quota.
     pub value: u32,
 }
@@ -222,6 +331,9 @@ pub enum RateLimitConfig {
         requests_per_unit: u32,
         /// Window unit.
         unit: Unit,
+        /// Window multiplier, algorithm and burst.
+        #[serde(flatten)]
+        counting: Counting,
         /// `name`, if given.
         name: Option<String>,
         /// Names of rules this one replaces when both match in one request.

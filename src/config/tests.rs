@@ -293,6 +293,7 @@ fn envoy_format_loads() {
         Some(RateLimitConfig::Limit {
             requests_per_unit: 100,
             unit: Unit::Minute,
+            counting: Counting::default(),
             name: Some("per-client".into()),
             replaces: vec![]
         })
@@ -354,4 +355,193 @@ fn a_domain_has_one_file_and_one_format() {
     // Both formats side by side, in different domains.
     let endpoints = src("e.yaml", "kcse_rate_limits:\n  endpoints: []\n");
     assert!(load_sources(&[endpoints, src("a.yaml", ENVOY)]).is_ok());
+}
+
+#[test]
+fn the_seed_egress_bucket_loads() {
+    // algorithms.md: the seed's Envoy local bucket (5 tokens, 5 per 15 s), shared.
+    let text = "kcse_rate_limits:
+  domain: egress
+  endpoints:
+    - name: geocode
+      shortname: geocode
+      endpoint: maps.example:443
+      overall_limit: 5
+      unit: second
+      unit_multiplier: 15
+      algorithm: token_bucket
+";
+    let loaded = load_one(text).unwrap();
+    let ep = &loaded.config.domains[0].endpoints[0];
+    assert_eq!(
+        ep.counting,
+        Counting {
+            unit_multiplier: 15,
+            algorithm: Algorithm::TokenBucket,
+            burst: None
+        }
+    );
+    assert_eq!(ep.counting.window_secs(ep.unit), 15);
+    assert_eq!(ep.counting.capacity(5), 5, "burst defaults to the limit");
+}
+
+#[test]
+fn algorithm_and_multiplier_are_inherited_and_burst_is_not() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      overall_limit: 10
+      unit: second
+      unit_multiplier: 15
+      algorithm: token_bucket
+      burst: 20
+      uri_prefixes:
+        - prefix: /inherits
+          value: 3
+          invokers:
+            - client: same
+            - client: own-unit
+              unit: minute
+            - client: sliding
+              algorithm: sliding_window
+              unit_multiplier: 5
+        - prefix: /own
+          unit: hour
+          algorithm: fixed_window
+          value: 4
+          invokers:
+            - client: bucket
+              algorithm: token_bucket
+              burst: 9
+";
+    let loaded = load_one(text).unwrap();
+    let ep = &loaded.config.domains[0].endpoints[0];
+    assert_eq!(ep.counting.burst, Some(20));
+    let p = &ep.uri_prefixes;
+    let c = |unit_multiplier, algorithm, burst| Counting {
+        unit_multiplier,
+        algorithm,
+        burst,
+    };
+    let (tb, sw, fw) = (
+        Algorithm::TokenBucket,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    );
+    assert_eq!((p[0].unit, p[0].counting), (Unit::Second, c(15, tb, None)));
+    assert_eq!(p[0].invokers[0].counting, c(15, tb, None));
+    // Setting `unit` without `unit_multiplier` means multiplier 1.
+    assert_eq!(
+        (p[0].invokers[1].unit, p[0].invokers[1].counting),
+        (Unit::Minute, c(1, tb, None))
+    );
+    assert_eq!(p[0].invokers[2].counting, c(5, sw, None));
+    assert_eq!((p[1].unit, p[1].counting), (Unit::Hour, c(1, fw, None)));
+    assert_eq!(p[1].invokers[0].counting, c(1, tb, Some(9)));
+}
+
+#[test]
+fn algorithm_fields_are_validated_with_positions() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      burst: 5
+      algorithm: token_bucket
+      uri_prefixes:
+        - prefix: /a
+          algorithm: sliding_windows
+          unit_multiplier: 0
+        - prefix: /b
+          algorithm: sliding_window
+          burst: 3
+        - prefix: /c
+          unit: year
+          unit_multiplier: 400000
+";
+    let errs = errors(text).join("\n");
+    for needle in [
+        "t.yaml:5:14: error: kcse_rate_limits.endpoints[0].burst: sizes the overall bucket, but there is none: overall_limit must be above 0",
+        "t.yaml:9:22: error: kcse_rate_limits.endpoints[0].uri_prefixes[0].algorithm: unknown algorithm \"sliding_windows\"; expected one of fixed_window, sliding_window, token_bucket; did you mean `sliding_window`?",
+        "t.yaml:10:28: error: kcse_rate_limits.endpoints[0].uri_prefixes[0].unit_multiplier: must be at least 1, found 0",
+        "t.yaml:13:18: error: kcse_rate_limits.endpoints[0].uri_prefixes[1].burst: only valid with `algorithm: token_bucket` (this level counts with sliding_window)",
+        "t.yaml:16:28: error: kcse_rate_limits.endpoints[0].uri_prefixes[2].unit_multiplier: a window of 400000 × year is too long",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
+    }
+    // A bucket too large to count exactly in Redis' doubles.
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      overall_limit: 4000000000
+      unit: year
+      algorithm: token_bucket
+";
+    let errs = errors(text).join("\n");
+    assert!(
+        errs.contains("t.yaml:7:18: error: kcse_rate_limits.endpoints[0].algorithm: a token bucket of 4000000000 tokens over 1 × year cannot be counted exactly"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn envoy_format_takes_the_algorithm_fields() {
+    let text = "domain: d
+descriptors:
+  - key: k
+    rate_limit: { unit: second, unit_multiplier: 15, requests_per_unit: 5, algorithm: token_bucket, burst: 7 }
+  - key: s
+    rate_limit: { unit: minute, requests_per_unit: 5, algorithm: sliding_window }
+";
+    let loaded = load_one(text).unwrap();
+    let d = &loaded.config.descriptor_domains[0];
+    let Some(RateLimitConfig::Limit { counting, .. }) = &d.descriptors[0].rate_limit else {
+        panic!("expected a limit");
+    };
+    assert_eq!(
+        *counting,
+        Counting {
+            unit_multiplier: 15,
+            algorithm: Algorithm::TokenBucket,
+            burst: Some(7)
+        }
+    );
+    let text = "domain: d
+descriptors:
+  - key: k
+    rate_limit: { unit: second, requests_per_unit: 5, burst: 7 }
+  - key: u
+    rate_limit: { unlimited: true, algorithm: sliding_window }
+";
+    let errs = errors(text).join("\n");
+    for needle in [
+        "t.yaml:4:62: error: descriptors[0].rate_limit.burst: only valid with `algorithm: token_bucket` (this level counts with fixed_window)",
+        "t.yaml:6:47: error: descriptors[1].rate_limit.algorithm: not allowed beside `unlimited: true`",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in\n{errs}");
+    }
+}
+
+#[test]
+fn a_large_sliding_window_warns_about_memory() {
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: s
+      overall_limit: 2000000
+      algorithm: sliding_window
+";
+    let loaded = load_one(text).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.path.ends_with("endpoints[0].algorithm")
+                && w.message
+                    .contains("holds up to 2000000 entries (about 20 MB in Redis)")),
+        "{:#?}",
+        loaded.warnings
+    );
 }

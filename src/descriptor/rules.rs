@@ -8,7 +8,7 @@ use super::key::{CounterKey, CounterScope};
 use super::path::normalize_path;
 use super::prefix_set::PrefixSet;
 use super::tree::{DescriptorTree, LimitOverride};
-use crate::config::{Config, Endpoint, OverallLimit, Soft, Unit};
+use crate::config::{Config, Counting, Endpoint, OverallLimit, Soft, Unit};
 
 /// Entry key naming the endpoint (its `shortname`).
 pub const ENTRY_ENDPOINT: &str = "endpoint";
@@ -35,8 +35,10 @@ pub struct CounterRule {
     pub key: CounterKey,
     /// Allowed hits per window.
     pub limit: u32,
-    /// Window length.
+    /// Window unit.
     pub unit: Unit,
+    /// Window multiplier, algorithm and bucket capacity.
+    pub counting: Counting,
     /// Stable, bounded rule name: `current_limit.name` and the `rule` metric label.
     pub name: Arc<str>,
     /// The endpoint is in shadow mode: this counter never causes a rejection.
@@ -72,6 +74,8 @@ pub struct RejectAll {
     pub name: Arc<str>,
     /// The endpoint's unit (reported in `current_limit`).
     pub unit: Unit,
+    /// The endpoint's window multiplier (reported in `current_limit`).
+    pub unit_multiplier: u32,
     /// Shadow mode: reported, but the answer stays OK.
     pub shadow: bool,
 }
@@ -112,6 +116,7 @@ struct EndpointRules {
     domain: String,
     shortname: Arc<str>,
     unit: Unit,
+    counting: Counting,
     overall: OverallLimit,
     overall_name: Arc<str>,
     shadow: bool,
@@ -124,6 +129,7 @@ struct EndpointRules {
 struct PrefixRules {
     prefix: Arc<str>,
     unit: Unit,
+    counting: Counting,
     value: u32,
     anon_value: Option<u32>,
     client_name: Arc<str>,
@@ -134,6 +140,7 @@ struct PrefixRules {
 #[derive(Debug)]
 struct InvokerRule {
     unit: Unit,
+    counting: Counting,
     value: u32,
     name: Arc<str>,
 }
@@ -200,6 +207,7 @@ impl RuleSet {
                 out.reject_all = Some(RejectAll {
                     name: ep.overall_name.clone(),
                     unit: ep.unit,
+                    unit_multiplier: ep.counting.unit_multiplier,
                     shadow: ep.shadow,
                 });
                 return out;
@@ -208,6 +216,7 @@ impl RuleSet {
                 key: CounterKey::new(&ep.domain, &ep.shortname, &CounterScope::Overall),
                 limit,
                 unit: ep.unit,
+                counting: ep.counting,
                 name: ep.overall_name.clone(),
                 shadow: ep.shadow,
                 soft: None,
@@ -238,7 +247,7 @@ impl RuleSet {
 
 impl EndpointRules {
     fn counter_for(&self, p: &PrefixRules, consumer: Option<&str>) -> Option<CounterRule> {
-        let (scope, limit, unit, name) = match consumer {
+        let (scope, limit, unit, counting, name) = match consumer {
             Some(c) => match p.invokers.get(c) {
                 Some(inv) => (
                     CounterScope::Consumer {
@@ -247,6 +256,7 @@ impl EndpointRules {
                     },
                     inv.value,
                     inv.unit,
+                    inv.counting,
                     inv.name.clone(),
                 ),
                 None => (
@@ -256,6 +266,7 @@ impl EndpointRules {
                     },
                     p.value,
                     p.unit,
+                    p.counting,
                     p.client_name.clone(),
                 ),
             },
@@ -263,6 +274,7 @@ impl EndpointRules {
                 CounterScope::Anonymous { prefix: &p.prefix },
                 p.anon_value?,
                 p.unit,
+                p.counting,
                 p.anon_name.clone(),
             ),
         };
@@ -270,6 +282,7 @@ impl EndpointRules {
             key: CounterKey::new(&self.domain, &self.shortname, &scope),
             limit,
             unit,
+            counting,
             name,
             shadow: self.shadow,
             soft: self.soft,
@@ -293,6 +306,7 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
         .map(|p| PrefixRules {
             prefix: p.prefix.as_str().into(),
             unit: p.unit,
+            counting: p.counting,
             value: p.value,
             anon_value: p.anon_value,
             client_name: format!("{short} {} client", p.prefix).into(),
@@ -303,6 +317,7 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
                 .map(|i| {
                     let rule = InvokerRule {
                         unit: i.unit,
+                        counting: i.counting,
                         value: i.value,
                         name: format!("{short} {} invoker {}", p.prefix, i.client).into(),
                     };
@@ -315,6 +330,7 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
         domain: domain.to_owned(),
         shortname: short.into(),
         unit: ep.unit,
+        counting: ep.counting,
         overall: ep.overall_limit,
         overall_name: format!("{short} overall").into(),
         shadow: ep.shadow_mode,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::key::CounterKey;
 use super::rules::{CounterLabels, CounterRule, Entry, Resolved, Unmatched};
 use super::wildcard;
-use crate::config::{DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
+use crate::config::{Counting, DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
 
 /// A request's override of the configured limit (Envoy's `RateLimitOverride`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct LimitOverride {
     pub requests_per_unit: u32,
     /// Window unit.
     pub unit: Unit,
+    /// The window is `unit × unit_multiplier` (≥ 1).
+    pub unit_multiplier: u32,
 }
 
 /// The compiled descriptors of one domain.
@@ -54,6 +56,7 @@ enum Limit {
     Counted {
         requests_per_unit: u32,
         unit: Unit,
+        counting: Counting,
         /// `name`, else the key path: `current_limit.name` and the metric's `rule` label.
         name: Arc<str>,
         configured_name: Option<Arc<str>>,
@@ -118,7 +121,13 @@ impl DescriptorTree {
                 .join(".")
         };
         // An override needs only the domain (envoy-compat.md), and is never in shadow mode.
+        // It replaces the limit and window, not how the matched rule counts: a strict
+        // sliding window or bucket stays one (a fixed window where no rule matched).
         if let Some(o) = over {
+            let configured = match node.map(|n| &n.limit) {
+                Some(Some(Limit::Counted { counting, .. })) => *counting,
+                _ => Counting::default(),
+            };
             let entries_only: Vec<(&str, &str)> = entries
                 .iter()
                 .map(|e| (e.key.as_str(), e.value.as_str()))
@@ -127,6 +136,10 @@ impl DescriptorTree {
                 key: CounterKey::descriptor(&self.domain, entries_only),
                 limit: o.requests_per_unit,
                 unit: o.unit,
+                counting: Counting {
+                    unit_multiplier: o.unit_multiplier.max(1),
+                    ..configured
+                },
                 name: format!("override {}", path()).into(),
                 shadow: false,
                 soft: None,
@@ -143,6 +156,7 @@ impl DescriptorTree {
             Some(Limit::Counted {
                 requests_per_unit,
                 unit,
+                counting,
                 name,
                 configured_name,
                 replaces,
@@ -150,6 +164,7 @@ impl DescriptorTree {
                 key: key(),
                 limit: *requests_per_unit,
                 unit: *unit,
+                counting: *counting,
                 name: name.clone(),
                 shadow: node.shadow,
                 soft: None,
@@ -203,11 +218,13 @@ fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
                 RateLimitConfig::Limit {
                     requests_per_unit,
                     unit,
+                    counting,
                     name,
                     replaces,
                 } => Limit::Counted {
                     requests_per_unit: *requests_per_unit,
                     unit: *unit,
+                    counting: *counting,
                     name: name.clone().unwrap_or_else(|| path.clone()).into(),
                     configured_name: name.as_deref().map(Arc::from),
                     replaces: replaces.iter().map(|r| Arc::from(r.as_str())).collect(),
@@ -341,9 +358,11 @@ descriptors:
         let over = Some(LimitOverride {
             requests_per_unit: 42,
             unit: Unit::Day,
+            unit_multiplier: 3,
         });
         let r = rs.resolve("d", &entries, over);
         assert_eq!((r.counters[0].limit, r.counters[0].unit), (42, Unit::Day));
+        assert_eq!(r.counters[0].counting.unit_multiplier, 3);
         assert!(
             rs.resolve("other-domain", &entries, over)
                 .counters

@@ -25,6 +25,9 @@ pub fn request_from_proto(req: RateLimitRequest) -> Result<Request, String> {
                 requests_per_unit: l.requests_per_unit,
                 unit: override_unit(l.unit)
                     .ok_or_else(|| format!("descriptors[{i}].limit.unit must be set"))?,
+                unit_multiplier: override_multiplier(l.unit_multiplier).ok_or_else(|| {
+                    format!("descriptors[{i}].limit.unit_multiplier must be at least 1")
+                })?,
             }),
         });
     }
@@ -54,6 +57,16 @@ pub fn request_from_proto(req: RateLimitRequest) -> Result<Request, String> {
             })
             .collect(),
     })
+}
+
+/// The window multiplier of a limit override: unset means 1; Envoy's API requires ≥ 1 when
+/// set, so 0 is refused rather than read as 1.
+pub fn override_multiplier(m: Option<u32>) -> Option<u32> {
+    match m {
+        None => Some(1),
+        Some(0) => None,
+        Some(m) => Some(m),
+    }
 }
 
 /// The unit of a limit override (`envoy.type.v3.RateLimitUnit`, which has no WEEK).
@@ -131,7 +144,8 @@ fn status_to_proto(s: &DescriptorStatus) -> ProtoStatus {
             name: l.name.to_string(),
             requests_per_unit: l.requests_per_unit,
             unit: unit_to_proto(l.unit).into(),
-            unit_multiplier: None,
+            // Envoy 1.40 reads it; omitted when 1 so older readers see the same answer.
+            unit_multiplier: (l.unit_multiplier > 1).then_some(l.unit_multiplier),
         }),
         limit_remaining: s.limit_remaining,
         duration_until_reset: s.duration_until_reset.map(duration_to_proto),
@@ -205,6 +219,9 @@ pub fn response_to_json(r: &RateLimitResponse) -> Value {
                     "requestsPerUnit": l.requests_per_unit,
                     "unit": ProtoUnit::try_from(l.unit).map_or("UNKNOWN", |u| u.as_str_name()),
                 });
+                if let Some(m) = l.unit_multiplier {
+                    o["currentLimit"]["unitMultiplier"] = json!(m);
+                }
             }
             if let Some(d) = &s.duration_until_reset {
                 o["durationUntilReset"] = Value::String(json_duration(d));
@@ -253,6 +270,7 @@ mod tests {
                         name: "r".into(),
                         requests_per_unit: 10,
                         unit: Unit::Week,
+                        unit_multiplier: 1,
                     }),
                     limit_remaining: remaining,
                     duration_until_reset: Some(Duration::from_millis(1_500)),

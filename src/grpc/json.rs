@@ -110,9 +110,20 @@ fn limit(v: &Value, path: &str) -> Result<LimitOverride, String> {
     }
     .and_then(super::convert::override_unit)
     .ok_or_else(|| format!("{path}.unit: expected SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"))?;
+    let multiplier = field(obj, &["unitMultiplier", "unit_multiplier"])
+        .map(|v| {
+            integer(v, &format!("{path}.unitMultiplier")).and_then(|m| {
+                u32::try_from(m)
+                    .map_err(|_| format!("{path}.unitMultiplier: out of range for uint32"))
+            })
+        })
+        .transpose()?;
+    let unit_multiplier = super::convert::override_multiplier(multiplier)
+        .ok_or_else(|| format!("{path}.unitMultiplier: must be at least 1"))?;
     Ok(LimitOverride {
         requests_per_unit,
         unit,
+        unit_multiplier,
     })
 }
 

@@ -1,19 +1,23 @@
 //! The store conformance suite: the behaviour every [`CounterStore`] must show, run against
 //! the memory store here and against every other store in its own tests.
 //!
-//! Each check uses keys under `namespace`, so suites can share one backend. Checks only rely
-//! on windows of an hour or more, so they hold with a real clock.
+//! Each check uses keys under `namespace`, so suites can share one backend. Checks that assert
+//! a limit rely on windows of a day or more, so they hold with a real clock; the checks that
+//! watch a window slide or a bucket refill poll with a deadline and assert nothing about time.
 
 use std::sync::Arc;
 
 use super::store::{CounterOp, CounterStore};
+use crate::config::Algorithm;
 use crate::descriptor::{CounterKey, CounterScope};
 
 fn op(namespace: &str, name: &str, limit: u64, hits: u64) -> CounterOp {
     CounterOp {
         key: CounterKey::new(namespace, name, &CounterScope::Overall),
         window_secs: 86_400,
+        algorithm: Algorithm::FixedWindow,
         limit,
+        capacity: limit,
         hits,
         negative: false,
         enforce: true,
@@ -28,7 +32,305 @@ pub async fn run_all(store: Arc<dyn CounterStore>, namespace: &str) {
     negative_hits_give_quota_back(&*store, namespace).await;
     shadow_counters_never_block(&*store, namespace).await;
     ops_sharing_a_key_add_up(&*store, namespace).await;
-    concurrent_callers_get_exactly_the_limit(store, namespace).await;
+    concurrent_callers_get_exactly_the_limit(store.clone(), namespace).await;
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
+        strict_algorithm_admits_exactly_the_limit(&*store, namespace, algorithm).await;
+        strict_algorithm_checks_and_gives_back(&*store, namespace, algorithm).await;
+        strict_algorithm_frees_room_over_time(&*store, namespace, algorithm).await;
+        concurrent_callers_get_exactly_the_limit_with(store.clone(), namespace, algorithm).await;
+    }
+    bucket_burst_and_capacity(&*store, namespace).await;
+    mixed_algorithms_are_one_atomic_step(&*store, namespace).await;
+    algorithms_never_share_state(&*store, namespace).await;
+}
+
+/// An op counting with `algorithm` over `window_secs`.
+fn algo_op(
+    namespace: &str,
+    name: &str,
+    algorithm: Algorithm,
+    window_secs: u64,
+    limit: u64,
+    hits: u64,
+) -> CounterOp {
+    CounterOp {
+        window_secs,
+        algorithm,
+        ..op(namespace, name, limit, hits)
+    }
+}
+
+/// A year: a bucket of a few hundred tokens refills less than one token during a test run.
+const YEAR: u64 = 365 * 86_400;
+
+async fn strict_algorithm_admits_exactly_the_limit(
+    store: &dyn CounterStore,
+    ns: &str,
+    a: Algorithm,
+) {
+    let name = format!("exact-{a}");
+    for i in 1..=3u64 {
+        let out = apply(store, &[algo_op(ns, &name, a, YEAR, 3, 1)], false).await;
+        assert!(out.committed, "{a}: request {i} of 3 must be admitted");
+        let s = out.states[0];
+        assert_eq!((s.before, s.after, s.remaining), (i - 1, i, 3 - i), "{a}");
+        assert!(
+            s.reset_ms > 0 && s.reset_ms <= YEAR * 1000,
+            "{a}: reset {}",
+            s.reset_ms
+        );
+    }
+    let out = apply(store, &[algo_op(ns, &name, a, YEAR, 3, 1)], false).await;
+    let s = out.states[0];
+    assert!(
+        !out.committed && s.over,
+        "{a}: the 4th request is over limit"
+    );
+    assert_eq!((s.before, s.after, s.remaining), (3, 3, 0), "{a}");
+    // Sliding: the oldest hit leaves a year after it came. Bucket: one token takes a year/3.
+    let expected = match a {
+        Algorithm::TokenBucket => YEAR * 1000 / 3,
+        _ => YEAR * 1000,
+    };
+    assert!(
+        s.reset_ms <= expected && s.reset_ms > expected - 600_000,
+        "{a}: reset {} for about {expected}",
+        s.reset_ms
+    );
+    // A request larger than what is left is over limit as a whole, and takes nothing.
+    let big = format!("big-{a}");
+    let out = apply(store, &[algo_op(ns, &big, a, YEAR, 10, 11)], false).await;
+    assert!(!out.committed && out.states[0].over, "{a}");
+    let out = apply(store, &[algo_op(ns, &big, a, YEAR, 10, 10)], false).await;
+    assert!(out.committed, "{a}: exactly the limit at once fits");
+    assert_eq!(out.states[0].remaining, 0, "{a}");
+}
+
+async fn strict_algorithm_checks_and_gives_back(store: &dyn CounterStore, ns: &str, a: Algorithm) {
+    let name = format!("give-{a}");
+    apply(store, &[algo_op(ns, &name, a, YEAR, 5, 5)], false).await;
+    let out = apply(store, &[algo_op(ns, &name, a, YEAR, 5, 0)], false).await;
+    assert!(
+        out.committed && !out.states[0].over,
+        "{a}: a check at exactly the limit is OK"
+    );
+    assert_eq!(out.states[0].remaining, 0, "{a}");
+    let mut back = algo_op(ns, &name, a, YEAR, 5, 2);
+    back.negative = true;
+    let out = apply(store, &[back.clone()], false).await;
+    assert!(out.committed, "{a}");
+    assert_eq!((out.states[0].before, out.states[0].after), (5, 3), "{a}");
+    assert_eq!(out.states[0].remaining, 2, "{a}");
+    back.hits = 10;
+    let out = apply(store, &[back], false).await;
+    assert_eq!(
+        (
+            out.states[0].after,
+            out.states[0].remaining,
+            out.states[0].reset_ms
+        ),
+        (0, 5, 0),
+        "{a}: never below empty / above capacity; nothing left to wait for"
+    );
+    let out = apply(store, &[algo_op(ns, &name, a, YEAR, 5, 5)], false).await;
+    assert!(out.committed, "{a}: what was given back can be taken again");
+    let out = apply(
+        store,
+        &[algo_op(ns, &format!("zero-{a}"), a, YEAR, 0, 0)],
+        false,
+    )
+    .await;
+    assert!(
+        out.states[0].over && !out.committed,
+        "{a}: a limit of 0 rejects even a check"
+    );
+    let out = apply(
+        store,
+        &[algo_op(ns, &format!("dry-{a}"), a, YEAR, 5, 1)],
+        true,
+    )
+    .await;
+    assert!(!out.committed, "{a}");
+    let out = apply(
+        store,
+        &[algo_op(ns, &format!("dry-{a}"), a, YEAR, 5, 0)],
+        false,
+    )
+    .await;
+    assert_eq!(out.states[0].remaining, 5, "{a}: a dry run takes nothing");
+}
+
+/// A one-second window: the hits leave (the tokens come back) and the counter admits
+/// again. Polls with a deadline; asserts nothing about how soon.
+async fn strict_algorithm_frees_room_over_time(store: &dyn CounterStore, ns: &str, a: Algorithm) {
+    let name = format!("slide-{a}");
+    let out = apply(store, &[algo_op(ns, &name, a, 1, 2, 2)], false).await;
+    assert!(out.committed, "{a}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = apply(store, &[algo_op(ns, &name, a, 1, 2, 1)], false).await;
+        if out.committed {
+            break;
+        }
+        assert!(
+            out.states[0].reset_ms <= 1_000,
+            "{a}: reset {} beyond the window",
+            out.states[0].reset_ms
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{a}: never admitted again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(
+            out.states[0].reset_ms.clamp(1, 100),
+        ))
+        .await;
+    }
+}
+
+async fn bucket_burst_and_capacity(store: &dyn CounterStore, ns: &str) {
+    let b = Algorithm::TokenBucket;
+    // burst 4 over a limit of 2 per year: 4 at once, then nothing.
+    let bucket = |hits| CounterOp {
+        capacity: 4,
+        ..algo_op(ns, "burst", b, YEAR, 2, hits)
+    };
+    let out = apply(store, &[bucket(4)], false).await;
+    assert!(out.committed, "the burst is the capacity");
+    assert_eq!(out.states[0].remaining, 0);
+    let out = apply(store, &[bucket(1)], false).await;
+    assert!(!out.committed);
+    // The next token comes after window / limit: half a year.
+    assert!(out.states[0].reset_ms <= YEAR * 500 && out.states[0].reset_ms > YEAR * 500 - 600_000);
+    let mut back = bucket(100);
+    back.negative = true;
+    let out = apply(store, &[back], false).await;
+    assert_eq!(
+        out.states[0].remaining, 4,
+        "tokens come back up to the capacity"
+    );
+    let out = apply(store, &[bucket(5)], false).await;
+    assert!(!out.committed, "more than the capacity never fits");
+}
+
+async fn mixed_algorithms_are_one_atomic_step(store: &dyn CounterStore, ns: &str) {
+    let (f, s, b) = (
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    );
+    apply(store, &[algo_op(ns, "mix-full", s, YEAR, 1, 1)], false).await;
+    let ops = [
+        algo_op(ns, "mix-f", f, 86_400, 10, 1),
+        algo_op(ns, "mix-b", b, YEAR, 10, 1),
+        algo_op(ns, "mix-full", s, YEAR, 1, 1),
+    ];
+    let out = apply(store, &ops, false).await;
+    assert!(!out.committed && out.states[2].over);
+    assert!(!out.states[0].over && !out.states[1].over);
+    assert_eq!(
+        (out.states[0].after, out.states[0].remaining),
+        (0, 10),
+        "the fixed window was not counted"
+    );
+    assert_eq!(
+        (out.states[1].after, out.states[1].remaining),
+        (0, 10),
+        "the bucket was not taken from"
+    );
+    let check: Vec<CounterOp> = ops
+        .iter()
+        .map(|o| CounterOp {
+            hits: 0,
+            ..o.clone()
+        })
+        .collect();
+    let out = apply(store, &check, false).await;
+    assert_eq!(
+        out.states.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+        vec![10, 10, 0]
+    );
+    // The full log rejects a fitting bucket in the same request; then a fitting log admits.
+    apply(store, &[algo_op(ns, "mix-b2", b, YEAR, 1, 1)], false).await;
+    let out = apply(
+        store,
+        &[
+            algo_op(ns, "mix-s2", s, YEAR, 5, 1),
+            algo_op(ns, "mix-b2", b, YEAR, 1, 1),
+        ],
+        false,
+    )
+    .await;
+    assert!(!out.committed && out.states[1].over);
+    assert_eq!(out.states[0].remaining, 5, "the log was not written");
+}
+
+async fn algorithms_never_share_state(store: &dyn CounterStore, ns: &str) {
+    // One counter key, three algorithms and two window lengths: five separate states.
+    for (a, w) in [
+        (Algorithm::FixedWindow, YEAR),
+        (Algorithm::SlidingWindow, YEAR),
+        (Algorithm::TokenBucket, YEAR),
+        (Algorithm::SlidingWindow, 86_400),
+        (Algorithm::TokenBucket, 86_400),
+    ] {
+        let out = apply(store, &[algo_op(ns, "same-key", a, w, 1, 1)], false).await;
+        assert!(out.committed, "{a} over {w} s starts from its own state");
+    }
+}
+
+async fn concurrent_callers_get_exactly_the_limit_with(
+    store: Arc<dyn CounterStore>,
+    ns: &str,
+    a: Algorithm,
+) {
+    // A bucket's second counter shares the first's hash tag: in a Redis Cluster, tokens
+    // given back on another slot while other callers use the bucket are given back
+    // conservatively (the README's Redis Cluster section); a sliding log's give-back is
+    // exact, so it is raced across slots.
+    let race = format!("race-{a}");
+    let other = match a {
+        Algorithm::TokenBucket => race.clone(),
+        _ => format!("race-other-{a}"),
+    };
+    let other_key = |ns: &str, limit| CounterOp {
+        key: CounterKey::new(ns, &other, &CounterScope::Anonymous { prefix: "/other" }),
+        ..algo_op(ns, &other, a, YEAR, limit, 1)
+    };
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            let ops = [algo_op(ns, &race, a, YEAR, 250, 1), other_key(ns, 1_000)];
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..20 {
+                    if store
+                        .apply(&ops, false)
+                        .await
+                        .expect("store call failed")
+                        .committed
+                    {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task panicked");
+    }
+    assert_eq!(total, 250, "{a}: exactly the limit must be admitted");
+    let check = CounterOp {
+        hits: 0,
+        ..other_key(ns, 1_000)
+    };
+    let out = apply(&*store, &[check], false).await;
+    assert_eq!(
+        out.states[0].remaining, 750,
+        "{a}: rejected requests consumed nothing"
+    );
 }
 
 async fn apply(
@@ -121,6 +423,28 @@ async fn shadow_counters_never_block(store: &dyn CounterStore, ns: &str) {
         "shadow counters count past their limit"
     );
     assert_eq!(out.states[1].after, 1);
+    // A shadow sliding log stays over its limit but holds at most one entry past it; a
+    // shadow bucket's tokens stay at 0.
+    for a in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
+        let name = format!("shadow-{a}");
+        let shadow = CounterOp {
+            enforce: false,
+            ..algo_op(ns, &name, a, YEAR, 2, 1_000)
+        };
+        let out = apply(store, std::slice::from_ref(&shadow), false).await;
+        assert!(out.committed && out.states[0].over, "{a}");
+        assert_eq!(out.states[0].remaining, 0, "{a}");
+        let check = CounterOp {
+            hits: 0,
+            enforce: true,
+            ..shadow
+        };
+        let out = apply(store, &[check], false).await;
+        assert_eq!(out.states[0].remaining, 0, "{a}");
+        if a == Algorithm::SlidingWindow {
+            assert_eq!(out.states[0].before, 3, "{a}: limit + 1 entries");
+        }
+    }
 }
 
 async fn ops_sharing_a_key_add_up(store: &dyn CounterStore, ns: &str) {

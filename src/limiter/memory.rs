@@ -1,25 +1,45 @@
-//! Counters held in the process: exact for one replica, freed when their window ends.
+//! Counters held in the process: exact for one replica, freed when they no longer matter.
+//!
+//! This store is the reference for the algorithms (algorithms.md); the Redis script mirrors
+//! it and the conformance suite holds both to the same answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::clock::{Clock, window};
 use super::store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreFuture};
+use crate::config::Algorithm;
 use crate::descriptor::CounterKey;
 
-/// How often (at most) expired windows are swept, in ms of the store's clock.
+/// How often (at most) expired state is swept, in ms of the store's clock.
 const SWEEP_INTERVAL_MS: u64 = 1_000;
 
-/// A counter slot: one key in one window.
-type Slot = (
-    CounterKey,
-    u64, /* window start ms */
-    u64, /* window length ms */
-);
+/// Where one counter's state lives. The algorithm and the window length are part of it, so a
+/// rule whose algorithm changes starts from fresh state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Slot {
+    /// One fixed window: (key, window ms, window start ms).
+    Fixed(CounterKey, u64, u64),
+    /// A sliding log: (key, window ms).
+    Log(CounterKey, u64),
+    /// A bucket: (key, window ms).
+    Bucket(CounterKey, u64),
+}
 
-/// The in-memory [`CounterStore`]. One mutex makes a whole batch (check and increment of all
-/// of a request's counters) one atomic step; the critical section is a few hash lookups, so
-/// the lock is held for well under a microsecond per counter.
+/// A bucket's GCRA state. `debt` is how far the theoretical arrival time is ahead of `at`,
+/// in units of 1/`window ms` of a token: taking a token adds `window ms`, and each ms drains
+/// `limit`. Integers keep it exact (the Redis script holds the same two numbers).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    debt: u64,
+    at: u64,
+    /// When the debt is paid off (the bucket is full): the state can be dropped then.
+    until: u64,
+}
+
+/// The in-memory [`CounterStore`]. One mutex makes a whole batch (check and count of all
+/// of a request's counters) one atomic step; the critical section is a few hash lookups per
+/// counter (plus trimming a sliding log's expired hits, amortised O(1)).
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
@@ -28,8 +48,33 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct State {
-    counters: HashMap<Slot, u64>,
+    counts: HashMap<Slot, u64>,
+    /// Admit times (ms), oldest first.
+    logs: HashMap<Slot, VecDeque<u64>>,
+    buckets: HashMap<Slot, Bucket>,
     next_sweep_ms: u64,
+}
+
+/// A slot as the batch sees it while it is decided, before anything is written.
+#[derive(Debug, Clone, Copy)]
+enum Sim {
+    Count {
+        stored: u64,
+        count: u64,
+        reset_ms: u64,
+    },
+    /// `stored` logged hits in the window; of them the newest `pop` are to be removed, and
+    /// `add` hits at now are to be logged.
+    Log {
+        stored: u64,
+        pop: u64,
+        add: u64,
+    },
+    Bucket {
+        stored: u64,
+        debt: u64,
+        limit: u64,
+    },
 }
 
 impl MemoryStore {
@@ -43,7 +88,8 @@ impl MemoryStore {
 
     /// Number of live counter slots (expired ones are dropped at the next sweep).
     pub fn len(&self) -> usize {
-        self.lock().counters.len()
+        let s = self.lock();
+        s.counts.len() + s.logs.len() + s.buckets.len()
     }
 
     /// True when no counter is held.
@@ -52,7 +98,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-applied batch (the map is only
+        // A panic while holding the lock cannot leave a half-applied batch (state is only
         // written after every check), so the data is still consistent: keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -62,57 +108,61 @@ impl MemoryStore {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         if now >= state.next_sweep_ms {
-            // A slot's key holds its window, so a slot whose window ended is never read again.
-            state
-                .counters
-                .retain(|(_, start, len), _| start + len > now);
+            state.sweep(now);
             state.next_sweep_ms = now + SWEEP_INTERVAL_MS;
         }
 
         // Pass 1: simulate the batch in order (ops may share a slot), deciding each op.
-        let mut simulated: HashMap<Slot, u64> = HashMap::new();
+        let mut sims: HashMap<Slot, Sim> = HashMap::new();
         let mut states = Vec::with_capacity(ops.len());
         let mut slots = Vec::with_capacity(ops.len());
         let mut blocked = dry_run;
         for op in ops {
-            let (start, end) = window(now, op.window_secs);
-            let slot: Slot = (op.key.clone(), start, end - start);
-            let before = *simulated
-                .entry(slot.clone())
-                .or_insert_with(|| state.counters.get(&slot).copied().unwrap_or(0));
-            let over = !op.negative && (op.limit == 0 || before.saturating_add(op.hits) > op.limit);
-            blocked |= over && op.enforce;
-            let after = if op.negative {
-                before.saturating_sub(op.hits)
-            } else {
-                before.saturating_add(op.hits)
+            let win = window_ms(op);
+            let slot = match op.algorithm {
+                Algorithm::FixedWindow => {
+                    Slot::Fixed(op.key.clone(), win, window(now, op.window_secs).0)
+                }
+                Algorithm::SlidingWindow => Slot::Log(op.key.clone(), win),
+                Algorithm::TokenBucket => Slot::Bucket(op.key.clone(), win),
             };
-            simulated.insert(slot.clone(), after);
-            states.push(CounterState {
-                before,
-                after,
-                over,
-                reset_ms: end - now,
-            });
+            let sim = match sims.get(&slot) {
+                Some(sim) => *sim,
+                None => state.load(&slot, op, now),
+            };
+            let (s, sim) = decide(op, sim, state.logs.get(&slot), now);
+            blocked |= s.over && op.enforce;
+            sims.insert(slot.clone(), sim);
+            states.push(s);
             slots.push(slot);
         }
 
         // Pass 2: commit all or nothing.
         if blocked {
-            // Nothing is counted: report the stored count (the simulated `before` of a later
+            // Nothing is counted: report what is stored (the simulated `before` of a later
             // op sharing a slot included earlier ops' hits).
-            for (s, slot) in states.iter_mut().zip(&slots) {
-                let stored = state.counters.get(slot).copied().unwrap_or(0);
-                s.before = stored;
-                s.after = stored;
+            for ((s, slot), op) in states.iter_mut().zip(&slots).zip(ops) {
+                let stored = state.load(slot, op, now);
+                let (stored_state, _) = decide(
+                    &CounterOp {
+                        hits: 0,
+                        negative: false,
+                        ..op.clone()
+                    },
+                    stored,
+                    state.logs.get(slot),
+                    now,
+                );
+                s.before = stored_state.before;
+                s.after = stored_state.before;
+                s.remaining = stored_state.remaining;
+                if !s.over {
+                    s.reset_ms = stored_state.reset_ms;
+                }
             }
         } else {
-            for (slot, count) in simulated {
-                if count == 0 {
-                    state.counters.remove(&slot);
-                } else {
-                    state.counters.insert(slot, count);
-                }
+            for (slot, sim) in sims {
+                state.commit(slot, sim, now);
             }
         }
         BatchOutcome {
@@ -121,6 +171,272 @@ impl MemoryStore {
             states,
         }
     }
+}
+
+fn window_ms(op: &CounterOp) -> u64 {
+    op.window_secs.max(1).saturating_mul(1000)
+}
+
+impl State {
+    /// Drops state that can no longer change an answer.
+    fn sweep(&mut self, now: u64) {
+        self.counts.retain(|slot, _| match slot {
+            Slot::Fixed(_, len, start) => start + len > now,
+            _ => false,
+        });
+        self.logs.retain(|slot, log| match slot {
+            Slot::Log(_, win) => log.back().is_some_and(|&t| t + win > now),
+            _ => false,
+        });
+        self.buckets.retain(|_, b| b.until > now);
+    }
+
+    /// Reads a slot at `now` (trimming a log's expired hits, draining a bucket).
+    fn load(&mut self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
+        match slot {
+            Slot::Fixed(_, len, start) => {
+                let stored = self.counts.get(slot).copied().unwrap_or(0);
+                Sim::Count {
+                    stored,
+                    count: stored,
+                    reset_ms: (start + len).saturating_sub(now),
+                }
+            }
+            Slot::Log(_, win) => {
+                let stored = match self.logs.get_mut(slot) {
+                    Some(log) => {
+                        // A hit at t counts in (t, t + window]: at t + window it has left.
+                        while log.front().is_some_and(|&t| t + win <= now) {
+                            log.pop_front();
+                        }
+                        log.len() as u64
+                    }
+                    None => 0,
+                };
+                Sim::Log {
+                    stored,
+                    pop: 0,
+                    add: 0,
+                }
+            }
+            Slot::Bucket(..) => {
+                let debt = self
+                    .buckets
+                    .get(slot)
+                    .map_or(0, |b| drain(b.debt, now.saturating_sub(b.at), op.limit));
+                Sim::Bucket {
+                    stored: debt,
+                    debt,
+                    limit: op.limit,
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, slot: Slot, sim: Sim, now: u64) {
+        match sim {
+            Sim::Count { count, stored, .. } if count != stored => {
+                if count == 0 {
+                    self.counts.remove(&slot);
+                } else {
+                    self.counts.insert(slot, count);
+                }
+            }
+            Sim::Count { .. } => {}
+            Sim::Log { stored, pop, add } => {
+                let log = self.logs.entry(slot.clone()).or_default();
+                log.truncate(usize::try_from(stored - pop).unwrap_or(usize::MAX));
+                log.extend(std::iter::repeat_n(now, usize::try_from(add).unwrap_or(0)));
+                if log.is_empty() {
+                    self.logs.remove(&slot);
+                }
+            }
+            Sim::Bucket { debt, limit, .. } => {
+                if debt == 0 {
+                    self.buckets.remove(&slot);
+                } else {
+                    let until = if limit == 0 {
+                        u64::MAX
+                    } else {
+                        now.saturating_add(div_ceil(debt, limit))
+                    };
+                    self.buckets.insert(
+                        slot,
+                        Bucket {
+                            debt,
+                            at: now,
+                            until,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A bucket's debt after `elapsed_ms` of refill at `limit` per ms.
+fn drain(debt: u64, elapsed_ms: u64, limit: u64) -> u64 {
+    let drained = u128::from(elapsed_ms) * u128::from(limit);
+    u64::try_from(u128::from(debt).saturating_sub(drained)).unwrap_or(u64::MAX)
+}
+
+/// `ceil(a / b)` for b > 0.
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b.max(1))
+}
+
+/// Decides one op against a slot's simulated state; returns the op's state and the slot's
+/// state after it.
+fn decide(op: &CounterOp, sim: Sim, log: Option<&VecDeque<u64>>, now: u64) -> (CounterState, Sim) {
+    let win = window_ms(op);
+    let (limit, hits) = (op.limit, op.hits);
+    match sim {
+        Sim::Count {
+            stored,
+            count,
+            reset_ms,
+        } => {
+            let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
+            let after = if op.negative {
+                count.saturating_sub(hits)
+            } else {
+                count.saturating_add(hits)
+            };
+            let state = CounterState {
+                before: count,
+                after,
+                over,
+                reset_ms,
+                remaining: limit.saturating_sub(after),
+            };
+            let sim = Sim::Count {
+                stored,
+                count: after,
+                reset_ms,
+            };
+            (state, sim)
+        }
+        Sim::Log { stored, pop, add } => {
+            let count = stored - pop + add;
+            // The k-th oldest hit in the simulated log (1-based): a kept stored one, or now.
+            let kth = |k: u64, pop: u64| -> u64 {
+                if k <= stored - pop {
+                    log.and_then(|l| l.get(usize::try_from(k - 1).ok()?).copied())
+                        .unwrap_or(now)
+                } else {
+                    now
+                }
+            };
+            let leaves = |t: u64| (t + win).saturating_sub(now);
+            let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
+            let (pop, add, after) = if op.negative {
+                let from_new = hits.min(add);
+                let from_stored = (hits - from_new).min(stored - pop);
+                (
+                    pop + from_stored,
+                    add - from_new,
+                    count - from_new - from_stored,
+                )
+            } else {
+                // A shadow-mode log counts past its limit, but one entry past it is enough to
+                // stay over: the log never holds more than limit + 1 entries.
+                let logged = if over {
+                    hits.min((limit + 1).saturating_sub(count))
+                } else {
+                    hits
+                };
+                (pop, add + logged, count + logged)
+            };
+            let reset_ms = if over {
+                if limit == 0 || hits > limit {
+                    // Never fits: the time until the log is empty.
+                    if count == 0 {
+                        win
+                    } else {
+                        leaves(kth(count, pop))
+                    }
+                } else {
+                    // The oldest `count + hits - limit` hits must leave first.
+                    leaves(kth(count + hits - limit, pop))
+                }
+            } else if after == 0 {
+                0
+            } else {
+                leaves(kth(1, pop))
+            };
+            let state = CounterState {
+                before: count,
+                after,
+                over,
+                reset_ms,
+                remaining: limit.saturating_sub(after),
+            };
+            (state, Sim::Log { stored, pop, add })
+        }
+        Sim::Bucket {
+            stored,
+            debt,
+            limit: drain_rate,
+        } => {
+            let cap = op.capacity;
+            let cost = |n: u64| u128::from(n) * u128::from(win);
+            let full = cost(cap);
+            let tokens = |d: u64| {
+                u64::try_from(full.saturating_sub(u128::from(d)) / u128::from(win)).unwrap_or(cap)
+            };
+            let over =
+                !op.negative && (limit == 0 || hits > cap || u128::from(debt) + cost(hits) > full);
+            let new_debt = if op.negative {
+                u128::from(debt).saturating_sub(cost(hits))
+            } else {
+                u128::from(debt) + cost(hits)
+            };
+            // As the Redis script: a shadow-mode bucket's debt stays below 2^53.
+            let new_debt = u64::try_from(new_debt.min((1 << 53) - 1)).unwrap_or(u64::MAX);
+            let reset_ms = if limit == 0 {
+                win
+            } else if over && hits > cap {
+                // Never fits: the time until the bucket is full.
+                div_ceil(debt, limit)
+            } else if over {
+                let excess = u128::from(debt) + cost(hits) - full;
+                div_ceil(u64::try_from(excess).unwrap_or(u64::MAX), limit)
+            } else {
+                next_token_ms(new_debt, cap, win, limit)
+            };
+            let state = CounterState {
+                before: cap - tokens(debt).min(cap),
+                after: cap - tokens(new_debt).min(cap),
+                over,
+                reset_ms,
+                remaining: tokens(new_debt),
+            };
+            (
+                state,
+                Sim::Bucket {
+                    stored,
+                    debt: new_debt,
+                    limit: drain_rate,
+                },
+            )
+        }
+    }
+}
+
+/// The ms until a bucket with `debt` holds one more whole token; 0 when it is full.
+fn next_token_ms(debt: u64, cap: u64, win: u64, limit: u64) -> u64 {
+    let full = u128::from(cap) * u128::from(win);
+    let debt = u128::from(debt);
+    if debt == 0 || limit == 0 {
+        return if debt == 0 { 0 } else { win };
+    }
+    let tokens = full.saturating_sub(debt) / u128::from(win);
+    if tokens >= u128::from(cap) {
+        return 0;
+    }
+    let target = (u128::from(cap) - tokens - 1) * u128::from(win);
+    let wait = (debt - target).div_ceil(u128::from(limit));
+    u64::try_from(wait).unwrap_or(u64::MAX)
 }
 
 impl CounterStore for MemoryStore {
@@ -143,12 +459,15 @@ mod tests {
     use super::*;
     use crate::descriptor::CounterScope;
     use crate::limiter::clock::ManualClock;
+    use proptest::prelude::*;
 
     fn op(name: &str, limit: u64, hits: u64) -> CounterOp {
         CounterOp {
             key: CounterKey::new("d", name, &CounterScope::Overall),
             window_secs: 60,
+            algorithm: Algorithm::FixedWindow,
             limit,
+            capacity: limit,
             hits,
             negative: false,
             enforce: true,
@@ -190,5 +509,165 @@ mod tests {
         // Rejected requests consumed nothing on the second counter.
         let out = store.apply_now(&[op("other", 5000, 0)], false);
         assert_eq!(out.states[0].before, 1000);
+    }
+
+    /// One arrival in a property test: after `gap` ms, `hits` taken (or given back).
+    #[derive(Debug, Clone)]
+    struct Arrival {
+        gap: u64,
+        hits: u64,
+        negative: bool,
+    }
+
+    /// Random arrivals; with `negatives`, about one in ten gives hits back.
+    fn arrivals(max_gap: u64, negatives: bool) -> impl Strategy<Value = Vec<Arrival>> {
+        let p = if negatives { 0.1 } else { 0.0 };
+        prop::collection::vec(
+            (0..max_gap, 0u64..4, prop::bool::weighted(p)).prop_map(|(gap, hits, negative)| {
+                Arrival {
+                    gap,
+                    hits,
+                    negative,
+                }
+            }),
+            1..120,
+        )
+    }
+
+    fn strict_op(algorithm: Algorithm, window_secs: u64, limit: u64, capacity: u64) -> CounterOp {
+        CounterOp {
+            key: CounterKey::new("d", "p", &CounterScope::Overall),
+            window_secs,
+            algorithm,
+            limit,
+            capacity,
+            hits: 0,
+            negative: false,
+            enforce: true,
+        }
+    }
+
+    /// Replays `arrivals` through the store; returns each decision with its time.
+    fn replay(op: &CounterOp, arrivals: &[Arrival]) -> Vec<(u64, Arrival, CounterState, bool)> {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        arrivals
+            .iter()
+            .map(|a| {
+                clock.advance_ms(a.gap);
+                let this = CounterOp {
+                    hits: a.hits,
+                    negative: a.negative,
+                    ..op.clone()
+                };
+                let out = store.apply_now(&[this], false);
+                (out.now_ms, a.clone(), out.states[0], out.committed)
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The sliding window against a plain log of every admitted hit: admitted if and
+        /// only if it fits in (t - window, t], and never more than the limit in any interval
+        /// of the window's length.
+        #[test]
+        fn sliding_window_matches_a_plain_log(
+            window_secs in 1u64..5,
+            limit in 1u64..8,
+            arrivals in any::<bool>().prop_flat_map(|n| arrivals(2_500, n)),
+        ) {
+            let win = window_secs * 1000;
+            let op = strict_op(Algorithm::SlidingWindow, window_secs, limit, limit);
+            let mut log: Vec<u64> = Vec::new();
+            for (t, a, s, committed) in replay(&op, &arrivals) {
+                let live: Vec<u64> = log.iter().copied().filter(|&x| x + win > t).collect();
+                let count = live.len() as u64;
+                prop_assert_eq!(s.before, count);
+                if a.negative {
+                    prop_assert!(committed);
+                    let drop = (a.hits as usize).min(live.len());
+                    log.truncate(log.len() - drop);
+                } else {
+                    let fits = count + a.hits <= limit;
+                    prop_assert_eq!(committed, fits, "at {} count {} hits {}", t, count, a.hits);
+                    if fits {
+                        log.extend(std::iter::repeat_n(t, a.hits as usize));
+                        let live = count + a.hits;
+                        prop_assert_eq!(s.remaining, limit - live);
+                        let expected = if live == 0 {
+                            0
+                        } else {
+                            log.iter().copied().find(|&x| x + win > t).unwrap() + win - t
+                        };
+                        prop_assert_eq!(s.reset_ms, expected);
+                    } else if a.hits <= limit {
+                        // Admitted exactly when the oldest count + hits - limit have left.
+                        let k = (count + a.hits - limit) as usize;
+                        prop_assert_eq!(s.reset_ms, live[k - 1] + win - t);
+                    }
+                }
+            }
+            // The guarantee itself: any interval of the window's length holds ≤ limit.
+            for &start in &log {
+                let within = log.iter().filter(|&&x| x >= start && x < start + win).count();
+                prop_assert!(within as u64 <= limit, "{} hits in [{}, +{})", within, start, win);
+            }
+        }
+
+        /// The bucket against a plain token count (tokens × window, refilled `limit` per ms up
+        /// to the capacity): admitted if and only if its tokens are there, and over any
+        /// interval, admitted ≤ burst + limit × t / window.
+        #[test]
+        fn token_bucket_matches_a_plain_token_count(
+            window_secs in 1u64..20,
+            limit in 1u64..8,
+            capacity in 1u64..10,
+            (negatives, arrivals) in any::<bool>().prop_flat_map(|n| (Just(n), arrivals(4_000, n))),
+        ) {
+            let win = window_secs * 1000;
+            let full = capacity * win;
+            let op = strict_op(Algorithm::TokenBucket, window_secs, limit, capacity);
+            let (mut tokens, mut last) = (full, None::<u64>);
+            let mut admitted: Vec<(u64, u64)> = Vec::new();
+            for (t, a, s, committed) in replay(&op, &arrivals) {
+                if let Some(l) = last {
+                    tokens = (tokens + (t - l) * limit).min(full);
+                }
+                last = Some(t);
+                prop_assert_eq!(s.before, capacity - tokens / win);
+                if a.negative {
+                    tokens = (tokens + a.hits * win).min(full);
+                    prop_assert!(committed);
+                } else {
+                    let fits = a.hits * win <= tokens;
+                    prop_assert_eq!(committed, fits, "at {} tokens {} hits {}", t, tokens, a.hits);
+                    if fits {
+                        tokens -= a.hits * win;
+                        admitted.push((t, a.hits));
+                        let expected = if tokens >= full {
+                            0
+                        } else {
+                            ((tokens / win + 1) * win - tokens).div_ceil(limit)
+                        };
+                        prop_assert_eq!(s.reset_ms, expected);
+                    } else if a.hits <= capacity {
+                        prop_assert_eq!(s.reset_ms, (a.hits * win - tokens).div_ceil(limit));
+                    }
+                }
+                prop_assert_eq!(s.remaining, tokens / win);
+            }
+            // The guarantee itself, on every interval between two admit times (given-back
+            // tokens are taken again, so it holds for runs without give-backs).
+            let checked = if negatives { &admitted[..0] } else { &admitted[..] };
+            for (i, &(from, _)) in checked.iter().enumerate() {
+                let mut sum = 0;
+                for &(to, hits) in &checked[i..] {
+                    sum += hits;
+                    // sum ≤ capacity + limit × (to - from) / window, in integers.
+                    prop_assert!(sum * win <= full + limit * (to - from),
+                        "{} hits in [{}, {}]", sum, from, to);
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Owns: hits (request, per descriptor, check-only, negative), shadow mode, the
 //! all-or-nothing count of a request's counters through a [`CounterStore`], and the per
-//! descriptor statuses (limits-format.md §4–§5). Time comes from an injected [`Clock`].
+//! descriptor statuses (limits-format.md §4–§5). Each counter counts with its rule's
+//! algorithm (fixed window, sliding window, token bucket: algorithms.md), which the store
+//! applies; a request mixing them is still one atomic step. Time comes from an injected
+//! [`Clock`].
 //! Pure: must not depend on tonic, prost, redis, notify, HTTP crates or `std::env`.
 
 pub mod clock;
@@ -23,7 +26,7 @@ pub use over_limit_cache::OverLimitCache;
 pub use request::{Descriptor, InvalidRequest, Request};
 pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError, StoreFuture};
 
-use crate::config::Unit;
+use crate::config::{Algorithm, Unit};
 use crate::descriptor::{CounterRule, Resolved, RuleSet, Unmatched};
 
 /// The answer for a request or a descriptor.
@@ -44,6 +47,8 @@ pub struct CurrentLimit {
     pub requests_per_unit: u32,
     /// Window unit.
     pub unit: Unit,
+    /// The window is `unit × unit_multiplier`.
+    pub unit_multiplier: u32,
 }
 
 /// The answer for one descriptor.
@@ -176,8 +181,10 @@ impl RateLimiter {
             for rule in &r.counters {
                 ops.push(CounterOp {
                     key: rule.key.clone(),
-                    window_secs: rule.unit.seconds(),
+                    window_secs: rule.counting.window_secs(rule.unit),
+                    algorithm: rule.counting.algorithm,
                     limit: rule.limit.into(),
+                    capacity: rule.counting.capacity(rule.limit).into(),
                     hits,
                     negative: d.is_negative_hits,
                     enforce: !rule.shadow,
@@ -288,6 +295,7 @@ impl RateLimiter {
                         after: count,
                         over: true,
                         reset_ms,
+                        remaining: 0,
                     },
                 })
             })
@@ -323,7 +331,11 @@ impl RateLimiter {
         let now = self.clock.now_ms();
         for (op, s) in ops.iter().zip(&outcome.states) {
             let count = if outcome.committed { s.after } else { s.before };
-            if op.enforce && op.limit > 0 && count >= op.limit {
+            if op.algorithm == Algorithm::FixedWindow
+                && op.enforce
+                && op.limit > 0
+                && count >= op.limit
+            {
                 full.remember(op, now, s.reset_ms);
             }
         }
@@ -336,7 +348,11 @@ fn status_of<'a>(
     now_ms: u64,
 ) -> DescriptorStatus {
     if let Some(reject) = &r.reject_all {
-        let (_, end) = clock::window(now_ms, reject.unit.seconds());
+        let window_secs = reject
+            .unit
+            .seconds()
+            .saturating_mul(reject.unit_multiplier.max(1).into());
+        let (_, end) = clock::window(now_ms, window_secs);
         return DescriptorStatus {
             code: if reject.shadow {
                 Code::Ok
@@ -347,12 +363,13 @@ fn status_of<'a>(
                 name: reject.name.clone(),
                 requests_per_unit: 0,
                 unit: reject.unit,
+                unit_multiplier: reject.unit_multiplier,
             }),
             limit_remaining: 0,
             duration_until_reset: Some(Duration::from_millis(end - now_ms)),
         };
     }
-    let remaining = |c: &CounterOutcome| u64::from(c.rule.limit).saturating_sub(c.state.after);
+    let remaining = |c: &CounterOutcome| c.state.remaining;
     // The violated counter when over limit, else the one closest to its limit.
     let mut deciding: Option<&CounterOutcome> = None;
     for c in counters {
@@ -381,6 +398,7 @@ fn status_of<'a>(
             name: c.rule.name.clone(),
             requests_per_unit: c.rule.limit,
             unit: c.rule.unit,
+            unit_multiplier: c.rule.counting.unit_multiplier,
         }),
         limit_remaining: u32::try_from(remaining(c)).unwrap_or(u32::MAX),
         duration_until_reset: Some(Duration::from_millis(c.state.reset_ms)),

@@ -1,10 +1,15 @@
 //! Counters known to be full until their window ends, answered without the store
 //! (counter-store.md §6): under an attack on one key, the shared store's load stays flat.
+//!
+//! Fixed windows only: a full fixed window stays full until it ends, whatever the hits of
+//! the next request. A sliding log or a bucket frees room at its own pace, and how soon a
+//! request fits there depends on its hits, so caching them could reject a request that fits.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use super::store::CounterOp;
+use crate::config::Algorithm;
 use crate::descriptor::CounterKey;
 
 /// A full counter: its identity *and its limit*, so a reload that changes the limit finds
@@ -33,7 +38,7 @@ impl OverLimitCache {
 
     /// If `op` would take hits from a counter known to be full, the ms until its window ends.
     pub fn full_for(&self, op: &CounterOp, now_ms: u64) -> Option<u64> {
-        if !op.enforce || op.negative || op.hits == 0 {
+        if op.algorithm != Algorithm::FixedWindow || !op.enforce || op.negative || op.hits == 0 {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -45,6 +50,9 @@ impl OverLimitCache {
 
     /// Remembers that `op`'s counter is full for `reset_ms` more.
     pub fn remember(&self, op: &CounterOp, now_ms: u64, reset_ms: u64) {
+        if op.algorithm != Algorithm::FixedWindow {
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.capacity {
             entries.retain(|_, until| *until > now_ms);
@@ -86,7 +94,9 @@ mod tests {
         CounterOp {
             key: CounterKey::new("d", "e", &CounterScope::Overall),
             window_secs: 60,
+            algorithm: Algorithm::FixedWindow,
             limit,
+            capacity: limit,
             hits: 1,
             negative: false,
             enforce: true,

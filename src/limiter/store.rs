@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::config::Algorithm;
 use crate::descriptor::CounterKey;
 
 /// A boxed future, so stores can be chosen at run time (`Arc<dyn CounterStore>`).
@@ -13,13 +14,21 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub struct CounterOp {
     /// Which counter.
     pub key: CounterKey,
-    /// Fixed window length, seconds; windows are aligned to the epoch.
+    /// Window length, seconds (`unit × unit_multiplier`). Fixed windows are aligned to the
+    /// epoch; a sliding window ends now; a bucket refills `limit` tokens per window.
     pub window_secs: u64,
+    /// How the counter counts. Part of the counter's identity in the store, with the window:
+    /// changing a rule's algorithm never reads another algorithm's state.
+    pub algorithm: Algorithm,
     /// Hits allowed per window. 0 rejects every request, even a check-only one.
     pub limit: u64,
+    /// A token bucket's capacity (ignored by the other algorithms).
+    pub capacity: u64,
     /// Hits to add (0: check only).
     pub hits: u64,
-    /// Give `hits` back instead of taking them (never below zero, never over limit).
+    /// Give `hits` back instead of taking them: a fixed window's count never goes below
+    /// zero, a sliding window drops its newest logged hits, a bucket gets tokens back up to
+    /// its capacity.
     pub negative: bool,
     /// When false (shadow mode) this counter being over limit does not stop the others
     /// from being counted.
@@ -27,6 +36,10 @@ pub struct CounterOp {
 }
 
 /// A counter's state as one batch saw it.
+///
+/// `before` and `after` are hits counted against the limit: a fixed window's count, the hits
+/// a sliding window holds in its last window length, the tokens a bucket is missing (capacity
+/// minus whole tokens left).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CounterState {
     /// The count before this request (including earlier counters of the same batch that
@@ -34,10 +47,15 @@ pub struct CounterState {
     pub before: u64,
     /// The count after this request: `before` when the batch was not committed.
     pub after: u64,
-    /// `limit == 0`, or `before + hits > limit` for a positive request.
+    /// `limit == 0`, or the request's hits do not fit (a positive request).
     pub over: bool,
-    /// Milliseconds until the counter's window ends.
+    /// Fixed window: ms until the window ends. Sliding window: over, ms until the request
+    /// could be admitted; else until the oldest counted hit leaves the window (0 for an
+    /// empty log). Bucket: over, ms until the request's tokens are there; else until the
+    /// next token (0 for a full bucket).
     pub reset_ms: u64,
+    /// Hits that could be admitted now, after this request (a bucket's whole tokens).
+    pub remaining: u64,
 }
 
 /// What a batch did.

@@ -490,3 +490,215 @@ descriptors:
         assert_eq!(out.overall_code, want);
     }
 }
+
+/// The seed's egress limit as one shared bucket (algorithms.md).
+const EGRESS_BUCKET: &str = "kcse_rate_limits:
+  endpoints:
+    - name: geocode
+      shortname: kcserl
+      overall_limit: 5
+      unit: second
+      unit_multiplier: 15
+      algorithm: token_bucket
+";
+
+#[tokio::test]
+async fn the_egress_bucket_admits_its_burst_then_one_token_per_3_s() {
+    let h = harness(EGRESS_BUCKET);
+    let first = h.call("/geocode", None).await;
+    let s = &first.statuses[0];
+    let limit = s.current_limit.clone().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit, limit.unit_multiplier),
+        (5, Unit::Second, 15)
+    );
+    assert_eq!(s.limit_remaining, 4);
+    assert_eq!(
+        s.duration_until_reset,
+        Some(Duration::from_secs(3)),
+        "time until the next token"
+    );
+    assert_eq!(
+        h.admitted(10, "/geocode", None).await,
+        4,
+        "burst of 5 in all"
+    );
+    let over = h.call("/geocode", None).await;
+    assert_eq!(over.overall_code, Code::OverLimit);
+    assert_eq!(over.statuses[0].limit_remaining, 0);
+    assert_eq!(
+        over.statuses[0].duration_until_reset,
+        Some(Duration::from_secs(3))
+    );
+    h.clock.advance_ms(2_999);
+    let over = h.call("/geocode", None).await;
+    assert_eq!(over.overall_code, Code::OverLimit);
+    assert_eq!(
+        over.statuses[0].duration_until_reset,
+        Some(Duration::from_millis(1))
+    );
+    h.clock.advance_ms(1);
+    assert_eq!(
+        h.admitted(3, "/geocode", None).await,
+        1,
+        "one token per 3 s"
+    );
+    // Idle for a whole fill interval: full again, and a full bucket has nothing to wait for.
+    h.clock.advance_ms(15_000);
+    let check = h
+        .limiter
+        .should_rate_limit(&Request {
+            descriptors: vec![Descriptor {
+                hits_addend: Some(0),
+                ..descriptor("/geocode", None)
+            }],
+            ..request(vec![])
+        })
+        .await
+        .unwrap();
+    assert_eq!(check.statuses[0].limit_remaining, 5);
+    assert_eq!(check.statuses[0].duration_until_reset, Some(Duration::ZERO));
+    assert_eq!(h.admitted(10, "/geocode", None).await, 5);
+}
+
+#[tokio::test]
+async fn a_sliding_window_closes_the_fixed_windows_boundary_burst() {
+    let text = |algorithm| {
+        format!(
+            "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: kcserl
+      overall_limit: 3
+      unit: second
+      unit_multiplier: 10
+      algorithm: {algorithm}
+"
+        )
+    };
+    // T0 is 10 s into a minute: a 10 s fixed window starts there. Send 3 just before the
+    // window ends and 3 just after it.
+    let fixed = harness(&text("fixed_window"));
+    let sliding = harness(&text("sliding_window"));
+    for h in [&fixed, &sliding] {
+        h.clock.advance_ms(9_900);
+    }
+    assert_eq!(fixed.admitted(3, "/", None).await, 3);
+    assert_eq!(sliding.admitted(3, "/", None).await, 3);
+    let over = sliding.call("/", None).await;
+    assert_eq!(over.overall_code, Code::OverLimit);
+    assert_eq!(
+        over.statuses[0].duration_until_reset,
+        Some(Duration::from_secs(10)),
+        "the oldest hit leaves 10 s after it came"
+    );
+    for h in [&fixed, &sliding] {
+        h.clock.advance_ms(200);
+    }
+    assert_eq!(fixed.admitted(3, "/", None).await, 3, "6 within 200 ms");
+    assert_eq!(
+        sliding.admitted(3, "/", None).await,
+        0,
+        "never more than 3 in 10 s"
+    );
+    sliding.clock.advance_ms(9_799);
+    assert_eq!(sliding.admitted(1, "/", None).await, 0);
+    sliding.clock.advance_ms(1);
+    assert_eq!(sliding.admitted(5, "/", None).await, 3);
+    let d = sliding.call("/", None).await;
+    assert_eq!(d.statuses[0].limit_remaining, 0);
+}
+
+#[tokio::test]
+async fn the_over_limit_cache_never_rejects_a_strict_counter_that_fits() {
+    let options = LimiterOptions {
+        over_limit_cache: true,
+        ..LimiterOptions::default()
+    };
+    for algorithm in ["sliding_window", "token_bucket"] {
+        let h = harness_with(
+            &format!(
+                "kcse_rate_limits:
+  endpoints:
+    - name: n
+      shortname: kcserl
+      overall_limit: 2
+      unit: second
+      unit_multiplier: 10
+      algorithm: {algorithm}
+"
+            ),
+            options,
+        );
+        assert_eq!(h.admitted(2, "/", None).await, 2);
+        let over = h.call("/", None).await;
+        assert_eq!(over.overall_code, Code::OverLimit, "{algorithm}");
+        // Hits given back make room at once: a cached "full" would still reject.
+        let give_back = Request {
+            descriptors: vec![Descriptor {
+                is_negative_hits: true,
+                ..descriptor("/", None)
+            }],
+            ..request(vec![])
+        };
+        h.limiter.should_rate_limit(&give_back).await.unwrap();
+        assert_eq!(
+            h.call("/", None).await.overall_code,
+            Code::Ok,
+            "{algorithm}"
+        );
+        // Room also comes back at the counter's own pace, not at a window's end.
+        let over = h.call("/", None).await;
+        assert_eq!(over.overall_code, Code::OverLimit, "{algorithm}");
+        let wait = over.statuses[0].duration_until_reset.unwrap();
+        h.clock.advance_ms(u64::try_from(wait.as_millis()).unwrap());
+        assert_eq!(
+            h.call("/", None).await.overall_code,
+            Code::Ok,
+            "{algorithm}: admitted as soon as it fits"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_descriptor_override_keeps_the_rules_algorithm_and_its_multiplier() {
+    let h = harness(
+        "domain: d
+descriptors:
+  - key: k
+    rate_limit: { unit: second, requests_per_unit: 100, algorithm: sliding_window }
+",
+    );
+    let req = Request {
+        domain: "d".into(),
+        hits_addend: 0,
+        descriptors: vec![Descriptor {
+            entries: vec![Entry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            limit_override: Some(crate::descriptor::LimitOverride {
+                requests_per_unit: 2,
+                unit: Unit::Second,
+                unit_multiplier: 30,
+            }),
+            ..Descriptor::default()
+        }],
+    };
+    for _ in 0..2 {
+        let d = h.limiter.should_rate_limit(&req).await.unwrap();
+        assert_eq!(d.overall_code, Code::Ok);
+        let l = d.statuses[0].current_limit.clone().unwrap();
+        assert_eq!((l.requests_per_unit, l.unit_multiplier), (2, 30));
+        assert_eq!(
+            d.counters[0].rule.counting.algorithm,
+            crate::config::Algorithm::SlidingWindow
+        );
+    }
+    h.clock.advance_ms(29_999);
+    let d = h.limiter.should_rate_limit(&req).await.unwrap();
+    assert_eq!(d.overall_code, Code::OverLimit, "a 30 s sliding window");
+    h.clock.advance_ms(1);
+    let d = h.limiter.should_rate_limit(&req).await.unwrap();
+    assert_eq!(d.overall_code, Code::Ok);
+}

@@ -7,7 +7,8 @@
 //! Single node: one script call per request, whatever the number of counters (one round
 //! trip). Cluster: counters are grouped by hash tag (`{domain:endpoint}`), one script per
 //! group runs concurrently; when some groups count and another is over limit, the groups
-//! that counted are given their hits back, so a rejected request still consumes nothing.
+//! that counted are given their hits back (an exact inverse per algorithm: `give_back`), so a
+//! rejected request still consumes nothing.
 
 mod breaker;
 mod script;
@@ -296,8 +297,10 @@ impl RedisStore {
         }
         if failure.is_some() || !all_committed {
             // Give back what the groups that counted took: a rejected request consumes nothing.
-            self.refund(&groups, &results, ops).await;
+            self.give_back(&groups, &results, ops).await;
             for s in states.iter_mut().flatten() {
+                // As if nothing had been counted: what is left before this request.
+                s.remaining = (s.remaining + s.after).saturating_sub(s.before);
                 s.after = s.before;
             }
         }
@@ -311,29 +314,32 @@ impl RedisStore {
         })
     }
 
-    async fn refund(
+    /// Undoes what the groups that counted took, when another group rejected the request or
+    /// failed. Each algorithm gets an exact inverse (see the script's mode "2"): a fixed
+    /// window's count goes down in the window the hits went into, a sliding log loses the
+    /// entries logged at that call's time, a bucket gets back the tokens it has not refilled
+    /// since (never more, so it never runs ahead of its real history).
+    async fn give_back(
         &self,
         groups: &[Vec<usize>],
         results: &[Result<BatchOutcome, StoreError>],
         ops: &[CounterOp],
     ) {
-        let inverse: Vec<Vec<CounterOp>> = groups
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.as_ref().is_ok_and(|o| o.committed))
-            .map(|(idx, _)| {
-                idx.iter()
-                    .map(|&i| CounterOp {
-                        negative: !ops[i].negative,
-                        enforce: false,
-                        ..ops[i].clone()
-                    })
-                    .collect()
-            })
-            .collect();
-        for group in &inverse {
-            let refs: Vec<&CounterOp> = group.iter().collect();
-            if let Err(e) = self.run_script(&refs, false).await {
+        for (idx, r) in groups.iter().zip(results) {
+            let Ok(out) = r else { continue };
+            if !out.committed {
+                continue;
+            }
+            let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
+            let inv = script::give_back_invocation(&self.key_prefix, &group, out.now_ms);
+            let result: Result<Vec<i64>, StoreError> = match self.live() {
+                Ok(mut conn) => {
+                    self.guarded(async move { inv.invoke_async(&mut conn).await })
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "could not give back the hits of a rejected cross-slot request");
             }
         }

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use crate::config::Algorithm;
 use crate::limiter::{BatchOutcome, CounterOp, CounterState};
 
 /// The script, loaded once; invoked by SHA (EVALSHA), reloaded on NOSCRIPT by the client.
@@ -21,19 +22,62 @@ pub fn invocation<'a>(
     let mut inv = CHECK_AND_COUNT.prepare_invoke();
     inv.arg(if dry_run { "1" } else { "0" });
     for op in ops {
-        inv.key(format!("{prefix}:{}", op.key));
-        inv.arg(op.window_secs.max(1).saturating_mul(1000))
-            .arg(op.limit.min(MAX_EXACT))
-            .arg(op.hits.min(MAX_EXACT))
-            .arg(if op.negative { "1" } else { "0" })
-            .arg(if op.enforce { "1" } else { "0" });
+        push(
+            &mut inv,
+            prefix,
+            op,
+            if op.negative { "1" } else { "0" },
+            op.enforce,
+            0,
+        );
     }
     inv
 }
 
+/// Builds the invocation that undoes what `ops` did in a call that answered at `taken_ms`
+/// (server time): hits taken are given back exactly (mode "2"), hits given back are taken
+/// again, without enforcing a limit.
+pub fn give_back_invocation<'a>(
+    prefix: &str,
+    ops: &[&CounterOp],
+    taken_ms: u64,
+) -> ::redis::ScriptInvocation<'a> {
+    let mut inv = CHECK_AND_COUNT.prepare_invoke();
+    inv.arg("0");
+    for op in ops {
+        let mode = if op.negative { "0" } else { "2" };
+        push(&mut inv, prefix, op, mode, false, taken_ms);
+    }
+    inv
+}
+
+fn push(
+    inv: &mut ::redis::ScriptInvocation<'_>,
+    prefix: &str,
+    op: &CounterOp,
+    mode: &str,
+    enforce: bool,
+    taken_ms: u64,
+) {
+    let algorithm = match op.algorithm {
+        Algorithm::FixedWindow => "f",
+        Algorithm::SlidingWindow => "s",
+        Algorithm::TokenBucket => "b",
+    };
+    inv.key(format!("{prefix}:{}", op.key));
+    inv.arg(algorithm)
+        .arg(op.window_secs.max(1).saturating_mul(1000).min(MAX_EXACT))
+        .arg(op.limit.min(MAX_EXACT))
+        .arg(op.hits.min(MAX_EXACT))
+        .arg(mode)
+        .arg(if enforce { "1" } else { "0" })
+        .arg(op.capacity.min(MAX_EXACT))
+        .arg(taken_ms);
+}
+
 /// Parses the script's reply for `n` counters.
 pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
-    if reply.len() != 2 + 4 * n {
+    if reply.len() != 2 + 5 * n {
         return Err(format!(
             "script returned {} values for {n} counters",
             reply.len()
@@ -44,12 +88,13 @@ pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
         now_ms: u(reply[0]),
         committed: reply[1] == 1,
         states: reply[2..]
-            .chunks_exact(4)
+            .chunks_exact(5)
             .map(|c| CounterState {
                 before: u(c[0]),
                 after: u(c[1]),
                 over: c[2] == 1,
                 reset_ms: u(c[3]),
+                remaining: u(c[4]),
             })
             .collect(),
     })
@@ -61,7 +106,7 @@ mod tests {
 
     #[test]
     fn replies_are_checked_and_parsed() {
-        let out = parse_reply(&[1_000, 1, 4, 5, 0, 59_000], 1).unwrap();
+        let out = parse_reply(&[1_000, 1, 4, 5, 0, 59_000, 5], 1).unwrap();
         assert_eq!(out.now_ms, 1_000);
         assert!(out.committed);
         assert_eq!(
@@ -70,7 +115,8 @@ mod tests {
                 before: 4,
                 after: 5,
                 over: false,
-                reset_ms: 59_000
+                reset_ms: 59_000,
+                remaining: 5,
             }
         );
         assert!(parse_reply(&[1, 1, 4], 1).is_err());
