@@ -47,6 +47,9 @@ API_LOCKOUT_SECONDS = 30.0
 GATEWAY_WINDOW_SECONDS = 16  # what the gateways enforce: 5 per 16 s
 STRICT = ("sliding_window", "token_bucket")
 SCENARIOS = ("envoy-local", "fixed_window", "sliding_window", "token_bucket")
+# Shortnames are unique across every loaded file, so each limits file names its endpoint apart.
+SHORTNAMES = {"fixed_window": "geocode-fixed", "sliding_window": "geocode-sliding",
+              "token_bucket": "geocode-bucket"}
 
 
 def free_port():
@@ -158,47 +161,59 @@ def listening(port):
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def local_bucket_config(listen, api_port):
-    """The seed's gateway: cache, then Envoy's local token bucket, then the API."""
+def hcm(routes_to, http_filters):
     return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "egress",
+            "route_config": {"virtual_hosts": [{
+                "name": "api", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": routes_to}}],
+            }]},
+            "http_filters": http_filters + [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        },
+    }
+
+
+def local_bucket_config(listen, api_port):
+    """The seed's gateway: a response cache, then Envoy's local token bucket, then the API.
+
+    Envoy 1.40's cache filter fetches a miss itself, straight from the route's cluster, so a
+    limiter after it in the same chain never runs (the seed's single chain would limit
+    nothing). As `render envoy --response-cache` does, the cache has a tier of its own in
+    front of an internal listener that holds the limiter."""
+    cache = {"name": "envoy.filters.http.cache", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"},
+    }}
+    bucket = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "local",
+        "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": f"{GATEWAY_WINDOW_SECONDS}s"},
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+    }}
+    def cluster(name, address):
+        return {"name": name, "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+    return {
+        "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
         "static_resources": {
-            "listeners": [{
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "egress",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "api", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "api"}}],
-                        }]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.cache", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
-                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"},
-                            }},
-                            {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                                "stat_prefix": "local",
-                                "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5,
-                                                 "fill_interval": f"{GATEWAY_WINDOW_SECONDS}s"},
-                                "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-                                "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-                                "response_headers_to_add": [{"header": {"key": "x-envoy-ratelimited", "value": "true"}}],
-                            }},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [{
-                "name": "api", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "api", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": api_port}}}}]}]},
-            }],
-        }
+            "listeners": [
+                {"name": "egress",
+                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                 "filter_chains": [{"filters": [hcm("limiter", [cache])]}]},
+                {"name": "limiter", "internal_listener": {},
+                 "filter_chains": [{"filters": [hcm("api", [bucket])]}]},
+            ],
+            "clusters": [
+                cluster("limiter", {"envoy_internal_address": {"server_listener_name": "limiter"}}),
+                cluster("api", {"socket_address": {"address": "127.0.0.1", "port_value": api_port}}),
+            ],
+        },
     }
 
 
@@ -360,7 +375,7 @@ def run(args, rls_bin, envoy_bin, redis_bin, work, rng):
                      "--response-cache", "--jwt", "ignore", "--timeout", "1s",
                      "--failure-mode-deny",
                      "--listen", f"127.0.0.1:{listen}", "--rls-addr", f"127.0.0.1:{replicas[g]}",
-                     "--upstream", f"geocode=127.0.0.1:{api.port}"],
+                     "--upstream", f"{SHORTNAMES[scenario]}=127.0.0.1:{api.port}"],
                     check=True, capture_output=True, text=True)
                 with open(config_path, "w") as f:
                     f.write(rendered.stdout)

@@ -10,7 +10,15 @@ fn the_egress_demo_keeps_the_api_free_of_lockouts() {
     let chart = dir.path().join("chart.svg");
     let out = std::process::Command::new("python3")
         .arg(workspace_root().join("examples/egress/demo.py"))
-        .args(["--duration", "25", "--workers", "4", "--static-every", "2", "--chart"])
+        .args([
+            "--duration",
+            "25",
+            "--workers",
+            "4",
+            "--static-every",
+            "2",
+            "--chart",
+        ])
         .arg(&chart)
         .env("IRONCLAD_RLS_BIN", binary())
         .env("ENVOY_BIN", envoy_binary())
@@ -42,12 +50,18 @@ fn the_egress_demo_keeps_the_api_free_of_lockouts() {
         // answered the repeated coordinate.
         assert!(rejected > 0 && cached > 0, "{scenario}:\n{text}");
         // 25 s at 5 per 16 s, shared by both gateways: a burst of 5, then one per 3.2 s.
-        assert!((5..=5 + 25 / 3 + 1).contains(&reached), "{scenario}:\n{text}");
+        assert!(
+            (5..=5 + 25 / 3 + 1).contains(&reached),
+            "{scenario}:\n{text}"
+        );
         assert!(calls >= cached + rejected + reached, "{scenario}:\n{text}");
     }
     // The seed's per-gateway buckets let twice the rate through.
     let local = row("envoy-local");
     assert!(local[3] > row("token_bucket")[3], "{text}");
     let svg = std::fs::read_to_string(&chart).unwrap();
-    assert!(svg.starts_with("<svg") && svg.matches("<path").count() == 4, "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<path").count() == 4,
+        "{svg}"
+    );
 }

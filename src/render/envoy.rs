@@ -17,6 +17,9 @@ const JWT_PAYLOAD_KEY: &str = "jwt_payload";
 
 const JWT_PROVIDER: &str = "identity_provider";
 const JWKS_CLUSTER: &str = "jwks";
+/// With `--response-cache`: the internal listener behind the cache, and the cluster to it.
+const LIMITER_LISTENER: &str = "limiter";
+const CACHE_TIER_CLUSTER: &str = "limiter_tier";
 
 /// `render envoy` options.
 #[derive(Debug, Clone)]
@@ -118,58 +121,110 @@ pub fn render(config: &Config, options: &EnvoyOptions) -> Result<String, RenderE
     }
 
     let mut http_filters = Vec::new();
-    if options.response_cache {
-        // First in the chain: a response the upstream marked cacheable is served again
-        // without a rate limit call, so repeated requests spend no quota (egress to an API
-        // whose answers are stable). Envoy does not store answers to requests that carry
-        // `Authorization`.
-        http_filters.push(json!({
-            "name": "envoy.filters.http.cache",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
-                }
-            }
-        }));
-    }
     if let JwtMode::Verify(provider) = &gateway.jwt {
         http_filters.push(jwt_authn_filter(provider));
         clusters.push(jwks_cluster(JWKS_CLUSTER, &provider.jwks_uri)?);
     }
     http_filters.push(lua_filter(gateway));
     http_filters.push(ratelimit_filter(&domain.domain, gateway));
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
-    }));
+    http_filters.push(router());
 
-    let mut bootstrap = json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": socket_address(options.listen),
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
+    let limiter_routes = json!({ "name": "limiter", "virtual_hosts": virtual_hosts });
+    let mut bootstrap = if options.response_cache {
+        // Envoy's cache filter fetches a miss through its own client, straight to the route's
+        // cluster: filters after it never see the request. So the cache gets a tier of its
+        // own in front of an internal listener that identifies, limits and forwards; a hit
+        // never reaches that tier and spends no quota. Envoy does not store answers to
+        // requests that carry `Authorization`.
+        clusters.push(json!({
+            "name": CACHE_TIER_CLUSTER,
+            "load_assignment": {
+                "cluster_name": CACHE_TIER_CLUSTER,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                    "envoy_internal_address": { "server_listener_name": LIMITER_LISTENER }
+                } } }] }]
+            }
+        }));
+        let cache_routes = json!({ "name": "cache", "virtual_hosts": [{
+            "name": "cache",
+            "domains": ["*"],
+            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": CACHE_TIER_CLUSTER } }]
+        }] });
+        let cache_filters = json!([
+            {
+                "name": "envoy.filters.http.cache",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
                     "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        // The path the RLS matches prefixes on must be the path the upstream
-                        // serves: `/auth//x/../y` may not slip past a limit on `/auth/y`.
-                        "normalize_path": true,
-                        "merge_slashes": true,
-                        "route_config": { "name": "ingress", "virtual_hosts": virtual_hosts },
-                        "http_filters": http_filters
+                        "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
                     }
-                }] }]
+                }
+            },
+            router()
+        ]);
+        json!({
+            "bootstrap_extensions": [{
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+                }
             }],
-            "clusters": clusters
-        }
-    });
+            "static_resources": {
+                "listeners": [
+                    {
+                        "name": "ingress",
+                        "address": socket_address(options.listen),
+                        "filter_chains": [{ "filters": [hcm("ingress", cache_routes, cache_filters)] }]
+                    },
+                    {
+                        "name": LIMITER_LISTENER,
+                        "internal_listener": {},
+                        "filter_chains": [{ "filters": [hcm(LIMITER_LISTENER, limiter_routes, json!(http_filters))] }]
+                    }
+                ],
+                "clusters": clusters
+            }
+        })
+    } else {
+        json!({
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": socket_address(options.listen),
+                    "filter_chains": [{ "filters": [hcm("ingress", limiter_routes, json!(http_filters))] }]
+                }],
+                "clusters": clusters
+            }
+        })
+    };
     if let Some(admin) = options.admin {
         bootstrap["admin"] = json!({ "address": socket_address(admin) });
     }
     to_yaml(&header("envoy", domain, gateway), &[bootstrap])
+}
+
+/// An HTTP connection manager.
+fn hcm(stat_prefix: &str, route_config: Value, http_filters: Value) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            // The path the RLS matches prefixes on must be the path the upstream serves:
+            // `/auth//x/../y` may not slip past a limit on `/auth/y`.
+            "normalize_path": true,
+            "merge_slashes": true,
+            "route_config": route_config,
+            "http_filters": http_filters
+        }
+    })
+}
+
+fn router() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+    })
 }
 
 fn socket_address(addr: SocketAddr) -> Value {
