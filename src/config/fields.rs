@@ -195,42 +195,39 @@ impl<'n> Fields<'n> {
 
     /// An optional unit name, any case.
     pub fn opt_unit(&self, cx: &mut Ctx<'_>, key: &str) -> Option<Unit> {
-        let node = self.get(key)?;
-        let text = self.opt_str(cx, key)?;
-        if let Some(unit) = Unit::parse(&text) {
-            return Some(unit);
-        }
         let names: Vec<&str> = Unit::ALL.iter().map(|u| u.as_str()).collect();
-        let hint = did_you_mean(&text, &names)
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
-        cx.error(
-            node.pos,
-            &self.path_of(key),
-            format!(
-                "unknown unit \"{text}\"; expected one of {}{hint}",
-                names.join(", ")
-            ),
-        );
-        None
+        self.opt_named(cx, key, "unit", &names, Unit::parse)
     }
 
     /// An optional algorithm name.
     pub fn opt_algorithm(&self, cx: &mut Ctx<'_>, key: &str) -> Option<Algorithm> {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        self.opt_named(cx, key, "algorithm", &names, Algorithm::parse)
+    }
+
+    /// An optional name from a fixed list: `parse` reads it; an unknown one is an error that
+    /// lists `names` and suggests the closest.
+    fn opt_named<T>(
+        &self,
+        cx: &mut Ctx<'_>,
+        key: &str,
+        what: &str,
+        names: &[&str],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
         let node = self.get(key)?;
         let text = self.opt_str(cx, key)?;
-        if let Some(a) = Algorithm::parse(&text) {
-            return Some(a);
+        if let Some(value) = parse(&text) {
+            return Some(value);
         }
-        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
-        let hint = did_you_mean(&text, &names)
+        let hint = did_you_mean(&text, names)
             .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
         cx.error(
             node.pos,
             &self.path_of(key),
             format!(
-                "unknown algorithm \"{text}\"; expected one of {}{hint}",
+                "unknown {what} \"{text}\"; expected one of {}{hint}",
                 names.join(", ")
             ),
         );

@@ -297,19 +297,30 @@ async fn concurrent_callers_get_exactly_the_limit_with(
         key: CounterKey::new(ns, &other, &CounterScope::Anonymous { prefix: "/other" }),
         ..algo_op(ns, &other, a, YEAR, limit, 1)
     };
+    let ops = [algo_op(ns, &race, a, YEAR, 250, 1), other_key(ns, 1_000)];
+    let total = race_callers(&store, &ops).await;
+    assert_eq!(total, 250, "{a}: exactly the limit must be admitted");
+    let check = CounterOp {
+        hits: 0,
+        ..other_key(ns, 1_000)
+    };
+    let out = apply(&*store, &[check], false).await;
+    assert_eq!(
+        out.states[0].remaining, 750,
+        "{a}: rejected requests consumed nothing"
+    );
+}
+
+/// 32 concurrent callers each apply `ops` 20 times (640 tries); returns how many committed.
+async fn race_callers(store: &Arc<dyn CounterStore>, ops: &[CounterOp]) -> u64 {
     let tasks: Vec<_> = (0..32)
         .map(|_| {
             let store = store.clone();
-            let ops = [algo_op(ns, &race, a, YEAR, 250, 1), other_key(ns, 1_000)];
+            let ops = ops.to_vec();
             tokio::spawn(async move {
                 let mut admitted = 0u64;
                 for _ in 0..20 {
-                    if store
-                        .apply(&ops, false)
-                        .await
-                        .expect("store call failed")
-                        .committed
-                    {
+                    if apply(&*store, &ops, false).await.committed {
                         admitted += 1;
                     }
                 }
@@ -321,16 +332,7 @@ async fn concurrent_callers_get_exactly_the_limit_with(
     for t in tasks {
         total += t.await.expect("task panicked");
     }
-    assert_eq!(total, 250, "{a}: exactly the limit must be admitted");
-    let check = CounterOp {
-        hits: 0,
-        ..other_key(ns, 1_000)
-    };
-    let out = apply(&*store, &[check], false).await;
-    assert_eq!(
-        out.states[0].remaining, 750,
-        "{a}: rejected requests consumed nothing"
-    );
+    total
 }
 
 async fn apply(
@@ -467,31 +469,8 @@ async fn ops_sharing_a_key_add_up(store: &dyn CounterStore, ns: &str) {
 }
 
 async fn concurrent_callers_get_exactly_the_limit(store: Arc<dyn CounterStore>, ns: &str) {
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let store = store.clone();
-            let ns = ns.to_owned();
-            tokio::spawn(async move {
-                let mut admitted = 0u64;
-                for _ in 0..20 {
-                    let ops = [op(&ns, "race", 250, 1), op(&ns, "race-b", 1_000, 1)];
-                    if store
-                        .apply(&ops, false)
-                        .await
-                        .expect("store call failed")
-                        .committed
-                    {
-                        admitted += 1;
-                    }
-                }
-                admitted
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.expect("task panicked");
-    }
+    let ops = [op(ns, "race", 250, 1), op(ns, "race-b", 1_000, 1)];
+    let total = race_callers(&store, &ops).await;
     assert_eq!(total, 250, "exactly the limit must be admitted");
     let out = apply(&*store, &[op(ns, "race-b", 1_000, 0)], false).await;
     assert_eq!(
