@@ -326,6 +326,28 @@ pub fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitReques
     }
 }
 
+/// Three replicas on one shared store (`redis_flag` is `--redis-url` or
+/// `--redis-cluster-url`), each waited for until ready. The Redis deadline is generous: the
+/// tests using them are about atomicity on a busy 2-core machine, not latency.
+pub fn start_replicas(redis_flag: &str, redis: &str, config: &str) -> Vec<Rls> {
+    let replicas: Vec<Rls> = (0..3)
+        .map(|_| {
+            Rls::start(&[
+                "--config",
+                config,
+                redis_flag,
+                redis,
+                "--redis-timeout",
+                "2s",
+            ])
+        })
+        .collect();
+    for r in &replicas {
+        r.wait_ready(Duration::from_secs(20));
+    }
+    replicas
+}
+
 /// If the current window of `window_secs` ends within `margin`, waits for the next one, so
 /// a test that sends a burst and counts admissions cannot straddle a window boundary. This
 /// is the only wait in the suite, and it only happens near a boundary.

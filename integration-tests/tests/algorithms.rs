@@ -12,7 +12,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration_tests::redis::{RedisCluster, RedisServer};
-use integration_tests::{Rls, request, temp_file};
+use integration_tests::{Rls, request, start_replicas, temp_file};
 use ironclad_rls::proto::rate_limit_response::Code;
 
 const LIMITS: &str = "kcse_rate_limits:
@@ -140,26 +140,6 @@ fn seed() -> u64 {
         | 1;
     println!("random seed {seed}");
     seed
-}
-
-fn start_replicas(redis_flag: &str, redis: &str, config: &str) -> Vec<Rls> {
-    // A generous deadline: this test is about atomicity on a busy 2-core machine.
-    let replicas: Vec<Rls> = (0..3)
-        .map(|_| {
-            Rls::start(&[
-                "--config",
-                config,
-                redis_flag,
-                redis,
-                "--redis-timeout",
-                "2s",
-            ])
-        })
-        .collect();
-    for r in &replicas {
-        r.wait_ready(Duration::from_secs(20));
-    }
-    replicas
 }
 
 /// Runs both workloads and checks them against what Redis logged; `lrange` reads a key.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::redis::{RedisCluster, RedisServer};
-use integration_tests::{Rls, request, temp_file, wait_for_fresh_window};
+use integration_tests::{Rls, request, start_replicas, temp_file, wait_for_fresh_window};
 use ironclad_rls::proto::rate_limit_response::Code;
 
 const LIMITS: &str = "kcse_rate_limits:
@@ -48,22 +48,6 @@ async fn storm(replicas: &[Rls]) -> (u64, u64, u64) {
     total
 }
 
-fn start_replicas(redis_flag: &str, redis: &str, config: &str) -> Vec<Rls> {
-    // A generous deadline: this test is about atomicity on a busy 2-core machine, not latency.
-    (0..3)
-        .map(|_| {
-            Rls::start(&[
-                "--config",
-                config,
-                redis_flag,
-                redis,
-                "--redis-timeout",
-                "2s",
-            ])
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_on_one_redis_admit_exactly_the_limit() {
     let redis = RedisServer::start();
@@ -86,10 +70,6 @@ async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
         &cluster.urls(),
         file.to_str().unwrap(),
     );
-    // The replicas connect to the cluster in the background: wait until they are ready.
-    for r in &replicas {
-        r.wait_ready(Duration::from_secs(20));
-    }
     wait_for_fresh_window(3600, Duration::from_secs(30));
     let (ok, over, err) = storm(&replicas).await;
     println!("Redis Cluster: admitted {ok}, over limit {over}, errors {err}");
