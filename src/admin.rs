@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,45 +13,46 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::config::{Config, Diagnostic, Loaded};
+use crate::config::{Config, Diagnostic};
 use crate::grpc::{MAX_MESSAGE_BYTES, convert, json};
-use crate::limiter::{Code, RateLimiter};
+use crate::limiter::{Code, RateLimiter, Snapshot};
 use crate::metrics::Metrics;
 use crate::service::{Decider, Refusal};
 
 /// How long `/readyz` waits for the counter store before calling it unready.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What `/config` reports about the configuration being served.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigInfo {
+/// What `/config` reports: the served [`Snapshot`] and the counter store. Borrowed from the
+/// snapshot for the time of one answer, so what it shows is what requests are decided with.
+#[derive(Debug, Serialize)]
+pub struct ConfigView<'a> {
     /// Grows by one on every successful load.
     pub generation: u64,
     /// SHA-256 over the files' names and contents.
-    pub sha256: String,
+    pub sha256: &'a str,
     /// The files, in load order.
-    pub files: Vec<String>,
+    pub files: &'a [String],
     /// When it was loaded (RFC 3339, UTC).
     pub loaded_at: String,
     /// Warnings found while loading.
-    pub warnings: Vec<Diagnostic>,
+    pub warnings: &'a [Diagnostic],
     /// The counter store (`memory`, or the Redis target with credentials redacted).
-    pub counter_store: String,
+    pub counter_store: &'a str,
     /// The effective rules, defaults applied.
-    pub rules: Config,
+    pub rules: &'a Config,
 }
 
-impl ConfigInfo {
-    /// Describes a configuration that just loaded.
-    pub fn new(generation: u64, loaded: &Loaded, counter_store: &str) -> Self {
-        ConfigInfo {
-            generation,
-            sha256: loaded.sha256.clone(),
-            files: loaded.files.clone(),
-            loaded_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            warnings: loaded.warnings.clone(),
-            counter_store: counter_store.to_owned(),
-            rules: loaded.config.clone(),
+impl<'a> ConfigView<'a> {
+    /// Describes `snapshot`, served with `counter_store`.
+    pub fn new(snapshot: &'a Snapshot, counter_store: &'a str) -> Self {
+        ConfigView {
+            generation: snapshot.generation,
+            sha256: &snapshot.sha256,
+            files: &snapshot.sources,
+            loaded_at: humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
+            warnings: &snapshot.warnings,
+            counter_store,
+            rules: &snapshot.config,
         }
     }
 }
@@ -60,10 +60,11 @@ impl ConfigInfo {
 /// Shared state of the admin endpoints.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    /// The limiter (its store answers readiness probes).
+    /// The limiter: its snapshot is the configuration `/config` reports, its store answers
+    /// readiness probes.
     pub limiter: Arc<RateLimiter>,
-    /// The configuration being served.
-    pub config: Arc<ArcSwap<ConfigInfo>>,
+    /// The counter store's description for `/config` (credentials redacted).
+    pub counter_store: Arc<str>,
     /// Set from SIGTERM on: `/readyz` answers 503 so load balancers stop sending.
     pub draining: Arc<AtomicBool>,
     /// The metrics.
@@ -90,6 +91,9 @@ pub fn router(state: AdminState) -> Router {
 pub async fn readiness(s: &AdminState) -> Result<(), String> {
     if s.draining.load(Ordering::SeqCst) {
         return Err("shutting down".into());
+    }
+    if s.limiter.snapshot().generation == 0 {
+        return Err("no configuration installed yet".into());
     }
     let store = s.limiter.store();
     match tokio::time::timeout(READY_PROBE_TIMEOUT, store.ping()).await {
@@ -152,6 +156,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn config(State(s): State<AdminState>) -> Json<Arc<ConfigInfo>> {
-    Json(s.config.load_full())
+async fn config(State(s): State<AdminState>) -> Response {
+    let snapshot = s.limiter.snapshot();
+    Json(ConfigView::new(&snapshot, &s.counter_store)).into_response()
 }

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod descriptor;
 pub mod grpc;
+pub mod install;
 pub mod limiter;
 pub mod metrics;
 pub mod proto;

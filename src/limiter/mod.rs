@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod memory;
 pub mod over_limit_cache;
 pub mod request;
+pub mod snapshot;
 pub mod store;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 pub use over_limit_cache::OverLimitCache;
 pub use request::{Descriptor, InvalidRequest, Request};
+pub use snapshot::Snapshot;
 pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError, StoreFuture};
 
 use crate::config::{Algorithm, Unit};
@@ -117,10 +119,11 @@ pub struct LimiterOptions {
 /// Most counters the over-limit cache remembers.
 pub const OVER_LIMIT_CACHE_CAPACITY: usize = 100_000;
 
-/// The rate limiter: current rules, a counter store and a clock.
+/// The rate limiter: the configuration being served, a counter store and a clock.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rules: ArcSwap<RuleSet>,
+    /// The one place the served configuration lives: requests and `/config` both read it.
+    current: ArcSwap<Snapshot>,
     store: Arc<dyn CounterStore>,
     clock: Arc<dyn Clock>,
     options: LimiterOptions,
@@ -128,7 +131,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter serving `rules`.
+    /// A limiter serving `rules` as generation 0, until a configuration is installed.
     pub fn new(
         rules: Arc<RuleSet>,
         store: Arc<dyn CounterStore>,
@@ -136,7 +139,7 @@ impl RateLimiter {
         options: LimiterOptions,
     ) -> Self {
         RateLimiter {
-            rules: ArcSwap::new(rules),
+            current: ArcSwap::from_pointee(Snapshot::initial(rules)),
             store,
             clock,
             options,
@@ -146,13 +149,20 @@ impl RateLimiter {
         }
     }
 
-    /// Swaps in new rules. A request in flight keeps the rules it started with; counters are
-    /// untouched (a counter's identity holds no limit).
-    pub fn replace_rules(&self, rules: Arc<RuleSet>) {
-        self.rules.store(rules);
+    /// Serves `snapshot` from now on, in one atomic swap: a request sees the old rules or the
+    /// new ones, never a mix, and a request in flight keeps the rules it started with.
+    /// Counters are untouched (a counter's identity holds no limit); the over-limit cache is
+    /// cleared, since a new limit may admit what the old one refused.
+    pub fn install(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
         if let Some(full) = &self.full {
             full.clear();
         }
+    }
+
+    /// The configuration being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// The counter store.
@@ -164,7 +174,8 @@ impl RateLimiter {
     /// none when any enforcing counter is over its limit.
     pub async fn should_rate_limit(&self, req: &Request) -> Result<Decision, LimitError> {
         req.validate()?;
-        let rules = self.rules.load_full();
+        let current = self.current.load_full();
+        let rules = &current.rules;
         let mut resolved: Vec<Resolved> = req
             .descriptors
             .iter()

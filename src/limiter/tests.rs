@@ -335,7 +335,8 @@ async fn counters_survive_a_reload_and_new_limits_apply_at_once() {
     let h = harness(&seed("seed/2.1-per-service.yaml"));
     assert_eq!(h.admitted(8, URI_ONLY, Some("a")).await, 8);
     let lowered = seed("seed/2.1-per-service.yaml").replace("value: 10", "value: 9");
-    h.limiter.replace_rules(rules_from(&lowered));
+    h.limiter
+        .install(Arc::new(Snapshot::initial(rules_from(&lowered))));
     assert_eq!(h.admitted(3, URI_ONLY, Some("a")).await, 1);
 }
 
@@ -439,7 +440,8 @@ async fn full_counters_are_answered_without_the_store_until_their_window_ends() 
     );
     assert_eq!(calls(), 12);
     // A reload forgets what was full; a new window starts afresh.
-    h.limiter.replace_rules(rules_from(&text));
+    h.limiter
+        .install(Arc::new(Snapshot::initial(rules_from(&text))));
     h.call(URI_ONLY, Some("a")).await;
     assert_eq!(calls(), 13);
     h.clock.advance_ms(60_000);
