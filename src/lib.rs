@@ -18,12 +18,11 @@
 //!
 //! [`config`], [`descriptor`] and [`limiter`] are pure: they never use tonic, prost types,
 //! redis, notify, HTTP crates or `std::env`. The adapters ([`grpc`], [`admin`], [`app`],
-//! [`cli`]) depend on them, never the reverse.
+//! [`commands`]) depend on them, never the reverse.
 
 pub mod admin;
 pub mod app;
-pub mod bench;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod descriptor;
 pub mod grpc;

@@ -1,16 +1,17 @@
-//! `ironclad-rls`: parse the command line, set up logging, run the command.
+//! `ironclad-rls`: parse the command line, run the command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use ironclad_rls::settings::{Cli, Command};
-use ironclad_rls::{app, bench, cli, shutdown};
+use ironclad_rls::commands::{bench, check, render, validate};
+use ironclad_rls::settings::{self, Cli, Command};
+use ironclad_rls::{app, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => {
-            cli::init_logging(args.log_format);
+            settings::init_logging(args.log_format);
             match app::run(args, shutdown::signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -19,9 +20,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate(args) => cli::validate(&args),
-        Command::Check(args) => cli::check(&args).await,
+        Command::Validate(args) => validate::run(&args),
+        Command::Check(args) => check::run(&args).await,
         Command::Bench(args) => bench::run(&args).await,
-        Command::Render(target) => cli::render(&target),
+        Command::Render(target) => render::run(&target),
     }
 }

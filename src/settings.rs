@@ -1,4 +1,8 @@
-//! Command-line settings. Every flag also reads `RLS_` + its name in upper snake case
+//! The command line: the top-level [`Cli`], its [`Command`]s, and `serve`'s settings
+//! ([`ServeArgs`]), which the service reads at start-up. The one-shot commands keep their
+//! flags beside their code in [`crate::commands`].
+//!
+//! Every `serve` flag also reads `RLS_` + its name in upper snake case
 //! (`--grpc-addr` ↔ `RLS_GRPC_ADDR`); the flag wins. Parsed with clap, tested with
 //! `try_parse_from` (never by setting the process environment).
 
@@ -7,6 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::{bench, check, parse, render, validate};
 
 /// `ironclad-rls`: an Envoy-compatible global rate limit service.
 #[derive(Debug, Parser)]
@@ -24,15 +30,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load limits files as `serve` would; print the effective rules and every warning.
     /// Exit 0 when valid, 1 with every error listed.
-    Validate(ValidateArgs),
+    Validate(validate::Args),
     /// Make one ShouldRateLimit call and print the response as JSON.
     /// Exit 0 for OK, 2 for OVER_LIMIT, 1 on error.
-    Check(CheckArgs),
+    Check(check::Args),
     /// Load a running service with ShouldRateLimit calls and print throughput and latency.
-    Bench(BenchArgs),
+    Bench(bench::Args),
     /// Print gateway configuration that sends the descriptors the limits files expect.
     #[command(subcommand)]
-    Render(RenderTarget),
+    Render(render::Target),
 }
 
 /// `serve` flags.
@@ -86,7 +92,7 @@ pub struct ServeArgs {
     pub redis_ca_file: Option<PathBuf>,
 
     /// Deadline of every Redis call. Envoy's own default RLS timeout is 20 ms.
-    #[arg(long, env = "RLS_REDIS_TIMEOUT", default_value = "15ms", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_REDIS_TIMEOUT", default_value = "15ms", value_parser = parse::duration)]
     pub redis_timeout: Duration,
 
     /// Prefix of every Redis key, so several deployments can share one Redis.
@@ -121,7 +127,7 @@ pub struct ServeArgs {
     pub grpc_tls_client_ca: Option<PathBuf>,
 
     /// How long in-flight calls may take to finish after SIGTERM.
-    #[arg(long, env = "RLS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse::duration)]
     pub drain_timeout: Duration,
 
     /// Log format; the level comes from RUST_LOG (default info).
@@ -149,237 +155,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// `validate` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct ValidateArgs {
-    /// Limits files or directories.
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-}
-
-/// `check` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct CheckArgs {
-    /// The service's gRPC address.
-    #[arg(long, env = "RLS_CHECK_ADDR", default_value = "http://127.0.0.1:8081")]
-    pub addr: String,
-
-    /// The rate limit domain.
-    #[arg(long, env = "RLS_CHECK_DOMAIN", default_value = "kcse")]
-    pub domain: String,
-
-    /// One descriptor: `key=value[,key=value...]` (repeatable). A value runs to the next
-    /// comma; everything after the first `=` belongs to it.
-    #[arg(long = "descriptor", required = true, value_parser = parse_descriptor)]
-    pub descriptors: Vec<Vec<(String, String)>>,
-
-    /// The request's hits_addend (0 means 1).
-    #[arg(long, default_value_t = 0)]
-    pub hits: u32,
-
-    /// How long to wait for the answer.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
-
-/// `bench` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// The service's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    pub addr: String,
-
-    /// The rate limit domain.
-    #[arg(long, default_value = "kcse")]
-    pub domain: String,
-
-    /// One descriptor, as for `check` (repeatable). `{n}` in a value is replaced by the call's
-    /// number modulo `--distinct`, to spread calls over many counters.
-    #[arg(long = "descriptor", required = true, value_parser = parse_descriptor)]
-    pub descriptors: Vec<Vec<(String, String)>>,
-
-    /// Number of distinct values `{n}` takes.
-    #[arg(long, default_value_t = 10_000)]
-    pub distinct: u64,
-
-    /// Calls in flight at once.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-
-    /// HTTP/2 connections the calls are spread over.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-
-    /// Also print the figures as one Markdown table row starting with this label
-    /// (`| label | calls/s | p50 | p99 | p999 | errors |`).
-    #[arg(long)]
-    pub markdown_row: Option<String>,
-}
-
-/// `render` targets.
-#[derive(Debug, Clone, Subcommand)]
-pub enum RenderTarget {
-    /// A complete Envoy bootstrap: listener, consumer filter, rate limit filter, route
-    /// actions, RLS cluster (HTTP/2) and upstream clusters.
-    Envoy(RenderEnvoyArgs),
-    /// Istio manifests for an ingress gateway: EnvoyFilter (filters, route actions, RLS
-    /// cluster), RequestAuthentication when tokens are verified, and the RLS Service.
-    Istio(RenderIstioArgs),
-}
-
-/// Flags both `render` targets take.
-#[derive(Debug, Clone, Args)]
-pub struct RenderGatewayArgs {
-    /// Limits files or directories, as for `serve`.
-    #[arg(long = "config", value_delimiter = ',', required = true)]
-    pub config: Vec<PathBuf>,
-
-    /// The endpoint-format domain to render, when the files hold several.
-    #[arg(long)]
-    pub domain: Option<String>,
-
-    /// How long the gateway waits for the RLS before `--failure-mode-deny` decides.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
-    pub timeout: Duration,
-
-    /// Refuse requests (HTTP 500) when the RLS fails or is too slow. Without it they pass
-    /// unlimited.
-    #[arg(long)]
-    pub failure_mode_deny: bool,
-
-    /// Verify Bearer tokens against this JWKS (jwt_authn / RequestAuthentication) and take
-    /// the consumer from the verified `azp`; a token that fails verification gets 401.
-    /// The recommended mode. Implies `--jwt verify`.
-    #[arg(long, value_parser = crate::render::parse_jwks_uri)]
-    pub jwks_uri: Option<url::Url>,
-
-    /// The issuer verified tokens must carry (`iss`). Required for Istio.
-    #[arg(long, requires = "jwks_uri")]
-    pub jwt_issuer: Option<String>,
-
-    /// An accepted audience (`aud`) of verified tokens (repeatable); none: any.
-    #[arg(long = "jwt-audience", requires = "jwks_uri")]
-    pub jwt_audiences: Vec<String>,
-
-    /// How Bearer tokens identify the consumer: `verify` (needs --jwks-uri), `decode` (read
-    /// `azp` without checking the signature, as the Keycloak.SE guide's script does: anyone
-    /// can pick a consumer id), `ignore`. Default: `verify` with --jwks-uri, else `decode`.
-    #[arg(long, value_enum)]
-    pub jwt: Option<JwtArg>,
-
-    /// Where the consumer id may come from (comma-separated; tried in the fixed order
-    /// basic, query, form, jwt). Only `jwt` with `--jwks-uri` is verified by the gateway: an
-    /// id from the others is whatever the client says.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "basic,query,form,jwt"
-    )]
-    pub consumer_sources: Vec<crate::render::Source>,
-
-    /// Largest `application/x-www-form-urlencoded` body read for `client_id`; larger or
-    /// chunked bodies are not read (the request is not delayed or refused for it).
-    #[arg(long, default_value_t = 16_384)]
-    pub max_form_bytes: u32,
-}
-
-/// `--jwt` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum JwtArg {
-    /// Verified by the gateway against `--jwks-uri`.
-    Verify,
-    /// Decoded without verification.
-    Decode,
-    /// Not used for identification.
-    Ignore,
-}
-
-/// `render envoy` flags.
-#[derive(Debug, Clone, Args)]
-pub struct RenderEnvoyArgs {
-    /// Flags both targets take.
-    #[command(flatten)]
-    pub gateway: RenderGatewayArgs,
-
-    /// The ironclad-rls gRPC address, `host:port`.
-    #[arg(long, default_value = "127.0.0.1:8081", value_parser = crate::render::HostPort::parse)]
-    pub rls_addr: crate::render::HostPort,
-
-    /// The gateway's HTTP listener.
-    #[arg(long, default_value = "0.0.0.0:10000")]
-    pub listen: SocketAddr,
-
-    /// Envoy's admin listener (stats, config dump); none when absent.
-    #[arg(long)]
-    pub envoy_admin: Option<SocketAddr>,
-
-    /// Where an endpoint's traffic goes: `SHORTNAME=HOST:PORT` (repeatable), instead of the
-    /// endpoint's `endpoint` field.
-    #[arg(long = "upstream", value_parser = parse_upstream)]
-    pub upstreams: Vec<(String, crate::render::HostPort)>,
-    /// Put Envoy's HTTP response cache before the rate limit filter: answers the upstream
-    /// marks cacheable are served again without spending quota (for egress to an API).
-    #[arg(long)]
-    pub response_cache: bool,
-}
-
-/// `render istio` flags.
-#[derive(Debug, Clone, Args)]
-pub struct RenderIstioArgs {
-    /// Flags both targets take.
-    #[command(flatten)]
-    pub gateway: RenderGatewayArgs,
-
-    /// The RLS Service address as the gateway resolves it, `host:port`. The Keycloak.SE
-    /// guide's name is the default.
-    #[arg(
-        long,
-        default_value = "rate-limiter-headless-service.ironclad-rls.svc.cluster.local:8081",
-        value_parser = crate::render::HostPort::parse
-    )]
-    pub rls_addr: crate::render::HostPort,
-
-    /// Namespace of the ingress gateway (EnvoyFilter and RequestAuthentication live there).
-    #[arg(long, default_value = "istio-system")]
-    pub namespace: String,
-
-    /// A label of the gateway pods, `KEY=VALUE` (repeatable).
-    #[arg(long = "gateway-selector", value_parser = parse_label, default_value = "istio=ingressgateway")]
-    pub gateway_selector: Vec<(String, String)>,
-
-    /// The Host clients send for an endpoint: `SHORTNAME=HOST` (repeatable); default: the host
-    /// of the endpoint's `endpoint`.
-    #[arg(long = "host", value_parser = parse_label)]
-    pub hosts: Vec<(String, String)>,
-
-    /// A label of the ironclad-rls pods, for the Service (repeatable).
-    #[arg(long = "rls-selector", value_parser = parse_label, default_value = "app.kubernetes.io/name=ironclad-rls")]
-    pub rls_selector: Vec<(String, String)>,
-
-    /// Print no Service (the Helm chart creates its own).
-    #[arg(long)]
-    pub no_service: bool,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, found {s:?}")),
+/// Sets up `tracing` on stderr (stdout stays for command output): level from `RUST_LOG`,
+/// default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-}
-
-fn parse_upstream(s: &str) -> Result<(String, crate::render::HostPort), String> {
-    let (name, address) = parse_label(s)?;
-    Ok((name, crate::render::HostPort::parse(&address)?))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 15ms, 5s, 1m)"))
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -396,15 +184,6 @@ fn parse_key_prefix(s: &str) -> Result<String, String> {
         return Err("must not contain `{` or `}`".into());
     }
     Ok(s.to_owned())
-}
-
-fn parse_descriptor(s: &str) -> Result<Vec<(String, String)>, String> {
-    s.split(',')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err(format!("expected key=value, found {pair:?}")),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -496,27 +275,5 @@ mod tests {
     #[test]
     fn serve_needs_a_config() {
         assert!(Cli::try_parse_from(["ironclad-rls", "serve"]).is_err());
-    }
-
-    #[test]
-    fn check_descriptors_parse() {
-        let cli = Cli::try_parse_from([
-            "ironclad-rls",
-            "check",
-            "--descriptor",
-            "endpoint=kcserl,path=/a?b=c",
-            "--descriptor",
-            "k=",
-            "--hits",
-            "3",
-        ])
-        .unwrap();
-        let Command::Check(c) = cli.command else {
-            panic!("not check")
-        };
-        assert_eq!(c.descriptors[0][1], ("path".into(), "/a?b=c".into()));
-        assert_eq!(c.descriptors[1][0], ("k".into(), String::new()));
-        assert_eq!(c.hits, 3);
-        assert!(Cli::try_parse_from(["ironclad-rls", "check", "--descriptor", "novalue"]).is_err());
     }
 }

@@ -52,7 +52,7 @@ pub struct JwtProvider {
 }
 
 /// A place the Lua filter looks for the consumer id, in the order it looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     /// The user of HTTP Basic credentials.
     Basic,
@@ -356,15 +356,6 @@ pub fn jwks_cluster(name: &str, uri: &url::Url) -> Result<Value, RenderError> {
         });
     }
     Ok(c)
-}
-
-/// A JWKS URL for `--jwks-uri`.
-pub fn parse_jwks_uri(s: &str) -> Result<url::Url, String> {
-    let uri = url::Url::parse(s).map_err(|e| format!("{e}"))?;
-    if !matches!(uri.scheme(), "http" | "https") || uri.host_str().is_none() {
-        return Err("expected an http:// or https:// URL".into());
-    }
-    Ok(uri)
 }
 
 /// Envoy's Duration form, `"0.020s"`.

@@ -8,7 +8,46 @@ use std::time::{Duration, Instant};
 use crate::grpc::convert;
 use crate::proto::rate_limit_service_client::RateLimitServiceClient;
 use crate::proto::{RateLimitRequest, rate_limit_response};
-use crate::settings::BenchArgs;
+
+use super::{CallError, parse};
+
+/// `bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The service's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub addr: String,
+
+    /// The rate limit domain.
+    #[arg(long, default_value = "kcse")]
+    pub domain: String,
+
+    /// One descriptor, as for `check` (repeatable). `{n}` in a value is replaced by the call's
+    /// number modulo `--distinct`, to spread calls over many counters.
+    #[arg(long = "descriptor", required = true, value_parser = parse::descriptor)]
+    pub descriptors: Vec<Vec<(String, String)>>,
+
+    /// Number of distinct values `{n}` takes.
+    #[arg(long, default_value_t = 10_000)]
+    pub distinct: u64,
+
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    pub duration: Duration,
+
+    /// Also print the figures as one Markdown table row starting with this label
+    /// (`| label | calls/s | p50 | p99 | p999 | errors |`).
+    #[arg(long)]
+    pub markdown_row: Option<String>,
+}
 
 /// What one caller saw.
 #[derive(Debug, Default)]
@@ -20,33 +59,32 @@ struct Tally {
 }
 
 /// Runs the load and prints the figures.
-pub async fn run(args: &BenchArgs) -> ExitCode {
+pub async fn run(args: &Args) -> ExitCode {
     match load(args).await {
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn build_request(args: &BenchArgs, n: u64) -> RateLimitRequest {
+fn build_request(args: &Args, n: u64) -> RateLimitRequest {
     let number = (n % args.distinct.max(1)).to_string();
     convert::request_from_pairs(&args.domain, &args.descriptors, 0, |v| {
         v.replace("{n}", &number)
     })
 }
 
-async fn load(args: &BenchArgs) -> anyhow::Result<String> {
+async fn load(args: &Args) -> Result<String, CallError> {
     let mut clients = Vec::new();
+    // Each tonic channel is one HTTP/2 connection; several, as Envoy's worker threads open
+    // one each.
     for _ in 0..args.connections.max(1) {
-        let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())?
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.addr))?;
+        let channel = super::connect(&args.addr, None).await?;
         clients.push(RateLimitServiceClient::new(channel));
     }
     let started = Instant::now();
@@ -93,7 +131,7 @@ async fn load(args: &BenchArgs) -> anyhow::Result<String> {
     Ok(report(args, &mut all, elapsed))
 }
 
-fn report(args: &BenchArgs, t: &mut Tally, elapsed: Duration) -> String {
+fn report(args: &Args, t: &mut Tally, elapsed: Duration) -> String {
     t.latencies_us.sort_unstable();
     let pct = |p: f64| {
         let v = &t.latencies_us;
@@ -135,12 +173,14 @@ fn report(args: &BenchArgs, t: &mut Tally, elapsed: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
+
+    use super::*;
+    use crate::settings::{Cli, Command};
 
     #[test]
     fn placeholders_spread_calls_over_counters() {
-        let cli = crate::settings::Cli::try_parse_from([
+        let cli = Cli::try_parse_from([
             "ironclad-rls",
             "bench",
             "--descriptor",
@@ -149,7 +189,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let crate::settings::Command::Bench(args) = cli.command else {
+        let Command::Bench(args) = cli.command else {
             panic!("not bench")
         };
         let consumer = |n| {
