@@ -8,8 +8,8 @@ use super::fields::{Ctx, Fields, join};
 use super::model::{
     Counting, Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
 };
+use super::path::normalize_path;
 use super::yaml::Node;
-use crate::descriptor::normalize_path;
 
 /// The top-level key this format lives under.
 pub const ROOT_KEY: &str = "kcse_rate_limits";

@@ -5,12 +5,13 @@
 //! file:line:column and field path. Must not depend on tonic, prost, redis, notify, HTTP
 //! crates or `std::env`: it is pure apart from reading the files it is pointed at.
 
-pub mod diag;
-pub mod endpoint;
-pub mod envoy;
-pub mod fields;
-pub mod model;
-pub mod yaml;
+mod diag;
+mod endpoint;
+mod envoy;
+mod fields;
+mod model;
+mod path;
+mod yaml;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +24,7 @@ pub use model::{
     Algorithm, Config, Counting, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain,
     Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
+pub use path::normalize_path;
 
 /// What one file holds.
 enum Parsed {

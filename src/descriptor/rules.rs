@@ -1,14 +1,14 @@
-//! The compiled rules: (domain, descriptor entries) → the counters a request touches
-//! (limits-format.md §3–§4). Built once per configuration load; read by every request.
+//! The endpoint format's compiler (docs/limits-format.md §3–§4): a domain's endpoints → the
+//! counters a request touches, with entries looked up by key in any order. Built once per
+//! configuration load; read by every request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::key::{CounterKey, CounterScope};
-use super::path::normalize_path;
 use super::prefix_set::PrefixSet;
-use super::tree::{DescriptorTree, LimitOverride};
-use crate::config::{Config, Counting, Endpoint, OverallLimit, Soft, Unit};
+use super::{CounterLabels, CounterRule, Entry, RejectAll, Resolved, Unmatched};
+use crate::config::{Counting, Endpoint, OverallLimit, Soft, Unit, normalize_path};
 
 /// Entry key naming the endpoint (its `shortname`).
 pub const ENTRY_ENDPOINT: &str = "endpoint";
@@ -19,96 +19,10 @@ pub const ENTRY_CONSUMER: &str = "consumer";
 /// The `consumer` value used in labels and logs for anonymous requests.
 pub const ANONYMOUS: &str = "_anonymous";
 
-/// One descriptor entry, as Envoy sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The entry key.
-    pub key: String,
-    /// The entry value.
-    pub value: String,
-}
-
-/// A counter that a request touches, with the limit that applies to it now.
-#[derive(Debug, Clone)]
-pub struct CounterRule {
-    /// Identity of the counter (no limit in it).
-    pub key: CounterKey,
-    /// Allowed hits per window.
-    pub limit: u32,
-    /// Window unit.
-    pub unit: Unit,
-    /// Window multiplier, algorithm and bucket capacity.
-    pub counting: Counting,
-    /// Stable, bounded rule name: `current_limit.name` and the `rule` metric label.
-    pub name: Arc<str>,
-    /// The endpoint is in shadow mode: this counter never causes a rejection.
-    pub shadow: bool,
-    /// Soft thresholds that watch this counter (consumer counters only, not the overall one).
-    pub soft: Option<Soft>,
-    /// Labels for soft-threshold metrics.
-    pub labels: CounterLabels,
-    /// With `detailed_metric`: the request's entries, as the metric's `rule` label (bounded
-    /// by the metrics).
-    pub detail: Option<String>,
-    /// The rule's configured `name` (what `replaces` refers to).
-    pub configured_name: Option<Arc<str>>,
-    /// Names of rules this one replaces when both match in one request.
-    pub replaces: Arc<[Arc<str>]>,
-}
-
-/// Where a counter sits, for metrics and logs.
-#[derive(Debug, Clone)]
-pub struct CounterLabels {
-    /// The endpoint's shortname.
-    pub endpoint: Arc<str>,
-    /// The prefix, or `None` for the overall counter.
-    pub prefix: Option<Arc<str>>,
-    /// The client id, or `None` when anonymous or overall.
-    pub consumer: Option<String>,
-}
-
-/// An endpoint whose `overall_limit` is 0: the request is over limit and nothing is counted.
-#[derive(Debug, Clone)]
-pub struct RejectAll {
-    /// Rule name.
-    pub name: Arc<str>,
-    /// The endpoint's unit (reported in `current_limit`).
-    pub unit: Unit,
-    /// The endpoint's window multiplier (reported in `current_limit`).
-    pub unit_multiplier: u32,
-    /// Shadow mode: reported, but the answer stays OK.
-    pub shadow: bool,
-}
-
-/// What one descriptor resolves to.
-#[derive(Debug, Clone, Default)]
-pub struct Resolved {
-    /// Set when the endpoint rejects everything.
-    pub reject_all: Option<RejectAll>,
-    /// The counters to check and count. Empty with no `reject_all`: not limited.
-    pub counters: Vec<CounterRule>,
-    /// Why nothing applies, when nothing does (for metrics and debug logs).
-    pub unmatched: Option<Unmatched>,
-}
-
-/// Why a descriptor got no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unmatched {
-    /// The request's domain is not configured.
-    UnknownDomain,
-    /// No `endpoint` entry.
-    NoEndpointEntry,
-    /// The `endpoint` entry names no configured endpoint.
-    UnknownEndpoint,
-    /// The endpoint is known but no rule applies to this path and consumer.
-    NoRule,
-}
-
-/// All compiled rules of one configuration.
+/// The compiled endpoints of one domain, by shortname.
 #[derive(Debug, Default)]
-pub struct RuleSet {
-    domains: HashMap<String, HashMap<String, EndpointRules>>,
-    trees: HashMap<String, DescriptorTree>,
+pub(super) struct EndpointSet {
+    by_shortname: HashMap<String, EndpointRules>,
 }
 
 #[derive(Debug)]
@@ -145,48 +59,16 @@ struct InvokerRule {
     name: Arc<str>,
 }
 
-impl RuleSet {
-    /// Compiles a validated configuration.
-    pub fn compile(config: &Config) -> Self {
-        let mut domains: HashMap<String, HashMap<String, EndpointRules>> = HashMap::new();
-        for d in &config.domains {
-            let endpoints = domains.entry(d.domain.clone()).or_default();
-            for ep in &d.endpoints {
-                endpoints.insert(ep.shortname.clone(), compile_endpoint(&d.domain, ep));
-            }
-        }
-        let trees = config
-            .descriptor_domains
-            .iter()
-            .map(|d| (d.domain.clone(), DescriptorTree::compile(d)))
-            .collect();
-        RuleSet { domains, trees }
+impl EndpointSet {
+    /// Adds one endpoint of `domain`.
+    pub(super) fn insert(&mut self, domain: &str, ep: &Endpoint) {
+        self.by_shortname
+            .insert(ep.shortname.clone(), compile_endpoint(domain, ep));
     }
 
-    /// True when the domain has rules.
-    pub fn has_domain(&self, domain: &str) -> bool {
-        self.domains.contains_key(domain) || self.trees.contains_key(domain)
-    }
-
-    /// Resolves one descriptor. In the endpoint format, entries are looked up by key, in any
-    /// order, and when a key is repeated the first occurrence counts; a limit override is
-    /// ignored. In the envoyproxy/ratelimit format, entries are matched in order.
-    pub fn resolve(
-        &self,
-        domain: &str,
-        entries: &[Entry],
-        over: Option<LimitOverride>,
-    ) -> Resolved {
-        if let Some(tree) = self.trees.get(domain) {
-            return tree.resolve(entries, over);
-        }
-        let unmatched = |why| Resolved {
-            unmatched: Some(why),
-            ..Resolved::default()
-        };
-        let Some(endpoints) = self.domains.get(domain) else {
-            return unmatched(Unmatched::UnknownDomain);
-        };
+    /// Resolves one descriptor: entries are looked up by key, in any order, and when a key
+    /// is repeated the first occurrence counts.
+    pub(super) fn resolve(&self, entries: &[Entry]) -> Resolved {
         let find = |k: &str| {
             entries
                 .iter()
@@ -194,10 +76,10 @@ impl RuleSet {
                 .map(|e| e.value.as_str())
         };
         let Some(shortname) = find(ENTRY_ENDPOINT) else {
-            return unmatched(Unmatched::NoEndpointEntry);
+            return Resolved::unmatched(Unmatched::NoEndpointEntry);
         };
-        let Some(ep) = endpoints.get(shortname) else {
-            return unmatched(Unmatched::UnknownEndpoint);
+        let Some(ep) = self.by_shortname.get(shortname) else {
+            return Resolved::unmatched(Unmatched::UnknownEndpoint);
         };
         let consumer = find(ENTRY_CONSUMER).filter(|c| !c.is_empty());
         let mut out = Resolved::default();
@@ -344,6 +226,7 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
 mod tests {
     use super::*;
     use crate::config::{Source, load_sources};
+    use crate::descriptor::RuleSet;
 
     fn rules(text: &str) -> RuleSet {
         let loaded = load_sources(&[Source {

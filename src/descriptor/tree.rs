@@ -7,24 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::key::CounterKey;
-use super::rules::{CounterLabels, CounterRule, Entry, Resolved, Unmatched};
 use super::wildcard;
+use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, Unmatched};
 use crate::config::{Counting, DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
-
-/// A request's override of the configured limit (Envoy's `RateLimitOverride`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitOverride {
-    /// Hits per unit.
-    pub requests_per_unit: u32,
-    /// Window unit.
-    pub unit: Unit,
-    /// The window is `unit × unit_multiplier` (≥ 1).
-    pub unit_multiplier: u32,
-}
 
 /// The compiled descriptors of one domain.
 #[derive(Debug, Default)]
-pub struct DescriptorTree {
+pub(super) struct DescriptorTree {
     domain: String,
     root: Level,
 }
@@ -66,7 +55,7 @@ enum Limit {
 
 impl DescriptorTree {
     /// Compiles one domain.
-    pub fn compile(d: &DescriptorDomain) -> Self {
+    pub(super) fn compile(d: &DescriptorDomain) -> Self {
         DescriptorTree {
             domain: d.domain.clone(),
             root: level(&d.descriptors, ""),
@@ -74,7 +63,7 @@ impl DescriptorTree {
     }
 
     /// Resolves a descriptor; `over` replaces the configured limit.
-    pub fn resolve(&self, entries: &[Entry], over: Option<LimitOverride>) -> Resolved {
+    pub(super) fn resolve(&self, entries: &[Entry], over: Option<LimitOverride>) -> Resolved {
         let mut level = &self.root;
         let mut node = None;
         // The values that identify the counter: the request's, or a shared pattern.
@@ -132,7 +121,7 @@ impl DescriptorTree {
                 .iter()
                 .map(|e| (e.key.as_str(), e.value.as_str()))
                 .collect();
-            return counted(CounterRule {
+            return Resolved::counted(CounterRule {
                 key: CounterKey::descriptor(&self.domain, entries_only),
                 limit: o.requests_per_unit,
                 unit: o.unit,
@@ -150,7 +139,7 @@ impl DescriptorTree {
             });
         }
         let Some(node) = node else {
-            return unmatched();
+            return Resolved::unmatched(Unmatched::NoRule);
         };
         match &node.limit {
             Some(Limit::Counted {
@@ -160,7 +149,7 @@ impl DescriptorTree {
                 name,
                 configured_name,
                 replaces,
-            }) => counted(CounterRule {
+            }) => Resolved::counted(CounterRule {
                 key: key(),
                 limit: *requests_per_unit,
                 unit: *unit,
@@ -173,22 +162,8 @@ impl DescriptorTree {
                 configured_name: configured_name.clone(),
                 replaces: replaces.clone(),
             }),
-            Some(Limit::Unlimited) | None => unmatched(),
+            Some(Limit::Unlimited) | None => Resolved::unmatched(Unmatched::NoRule),
         }
-    }
-}
-
-fn counted(rule: CounterRule) -> Resolved {
-    Resolved {
-        counters: vec![rule],
-        ..Resolved::default()
-    }
-}
-
-fn unmatched() -> Resolved {
-    Resolved {
-        unmatched: Some(Unmatched::NoRule),
-        ..Resolved::default()
     }
 }
 

@@ -1,5 +1,10 @@
 //! Request path normalisation, so that `/auth//admin/realms/%41PI-TEST/` cannot escape the
-//! limit on `/auth/admin/realms/API-TEST/` (limits-format.md §3).
+//! limit on `/auth/admin/realms/API-TEST/` (docs/limits-format.md §3).
+//!
+//! It lives in `config` because the normalised form is part of the limits format: the loader
+//! stores every `prefix` in it, and `descriptor` (which already depends on `config` for the
+//! model) applies the same function to request paths, so the two can never drift apart and
+//! `config` needs nothing from `descriptor`.
 
 /// Normalises a request path (Envoy's `:path`) for prefix matching:
 /// the query string and fragment are cut off, percent-encoded *unreserved* characters are
