@@ -235,3 +235,190 @@ fn settings_come_from_rls_environment_variables_and_flags_win() {
     assert_ne!(rls.grpc_addr.to_string(), taken_addr);
     assert_eq!(rls.admin_get("/readyz").0, 200);
 }
+
+/// `(flag, env var, default)` of every flag in a command's `--help`, in order.
+fn flags_of(command: &[&str]) -> Vec<(String, Option<String>, Option<String>)> {
+    let out = run_cli(&[command, &["--help"]].concat());
+    assert!(out.status.success(), "{command:?}: {}", text(&out.stderr));
+    let help = text(&out.stdout);
+    let mut flags: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        // A flag's line starts its block; `[env: ...]` and `[default: ...]` follow on that line
+        // (short layout) or on their own lines (long layout).
+        if let Some(long) = t.strip_prefix("--").or_else(|| {
+            t.strip_prefix('-')
+                .and_then(|s| s.split_once(", --").map(|(_, l)| l))
+        }) {
+            let name = long.split([' ', '\n']).next().unwrap_or(long);
+            flags.push((name.to_owned(), None, None));
+        }
+        let Some(current) = flags.last_mut() else {
+            continue;
+        };
+        if let Some((_, env)) = t.split_once("[env: ") {
+            current.1 = env.split_once('=').map(|(name, _)| name.to_owned());
+        }
+        if let Some((_, default)) = t.split_once("[default: ") {
+            current.2 = default.split_once(']').map(|(d, _)| d.to_owned());
+        }
+    }
+    flags.retain(|(f, _, _)| f != "help" && f != "version");
+    flags
+}
+
+#[test]
+fn the_one_shot_commands_keep_their_flags_env_vars_and_defaults() {
+    // Scripts, the chart's examples and the docs call these commands: renaming a flag, its
+    // variable or its default breaks them, so a change here must be deliberate.
+    let some = |s: &str| Some(s.to_owned());
+    let table = |rows: &[(&str, Option<String>, Option<String>)]| {
+        rows.iter()
+            .map(|(f, e, d)| ((*f).to_owned(), e.clone(), d.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(flags_of(&["validate"]), table(&[]));
+    assert_eq!(
+        flags_of(&["check"]),
+        table(&[
+            (
+                "addr",
+                some("RLS_CHECK_ADDR"),
+                some("http://127.0.0.1:8081")
+            ),
+            ("domain", some("RLS_CHECK_DOMAIN"), some("kcse")),
+            ("descriptor", None, None),
+            ("hits", None, some("0")),
+            ("timeout", None, some("5s")),
+        ])
+    );
+    assert_eq!(
+        flags_of(&["bench"]),
+        table(&[
+            ("addr", None, some("http://127.0.0.1:8081")),
+            ("domain", None, some("kcse")),
+            ("descriptor", None, None),
+            ("distinct", None, some("10000")),
+            ("concurrency", None, some("64")),
+            ("connections", None, some("4")),
+            ("duration", None, some("10s")),
+            ("markdown-row", None, None),
+        ])
+    );
+    let gateway = [
+        ("config", None, None),
+        ("domain", None, None),
+        ("timeout", None, some("20ms")),
+        ("failure-mode-deny", None, None),
+        ("jwks-uri", None, None),
+        ("jwt-issuer", None, None),
+        ("jwt-audience", None, None),
+        ("jwt", None, None),
+        ("consumer-sources", None, some("basic,query,form,jwt")),
+        ("max-form-bytes", None, some("16384")),
+    ];
+    let envoy = [
+        ("rls-addr", None, some("127.0.0.1:8081")),
+        ("listen", None, some("0.0.0.0:10000")),
+        ("envoy-admin", None, None),
+        ("upstream", None, None),
+        ("response-cache", None, None),
+    ];
+    assert_eq!(
+        flags_of(&["render", "envoy"]),
+        table(&[&gateway[..], &envoy[..]].concat())
+    );
+    let istio = [
+        (
+            "rls-addr",
+            None,
+            some("rate-limiter-headless-service.ironclad-rls.svc.cluster.local:8081"),
+        ),
+        ("namespace", None, some("istio-system")),
+        ("gateway-selector", None, some("istio=ingressgateway")),
+        ("host", None, None),
+        (
+            "rls-selector",
+            None,
+            some("app.kubernetes.io/name=ironclad-rls"),
+        ),
+        ("no-service", None, None),
+    ];
+    assert_eq!(
+        flags_of(&["render", "istio"]),
+        table(&[&gateway[..], &istio[..]].concat())
+    );
+}
+
+#[test]
+fn every_serve_flag_reads_its_rls_variable() {
+    // The rule of docs/service.md: `--grpc-addr` ↔ `RLS_GRPC_ADDR`. Checked as a rule, not a
+    // list, so a new flag is held to it without touching this test.
+    let flags = flags_of(&["serve"]);
+    assert!(flags.len() >= 10, "parsed too few serve flags: {flags:?}");
+    for (flag, env, _) in &flags {
+        let expected = format!("RLS_{}", flag.to_uppercase().replace('-', "_"));
+        assert_eq!(env.as_deref(), Some(expected.as_str()), "serve --{flag}");
+    }
+}
+
+#[test]
+fn bench_reports_every_answer_the_service_gave() {
+    let rls = Rls::start(&["--config", example("full-example.yaml").to_str().unwrap()]);
+    let addr = format!("http://{}", rls.grpc_addr);
+    // Each of 3 consumers may make 10 calls a minute under /auth/admin/realms/API-TEST/: in
+    // one window exactly 30 calls are OK whatever the number of calls made.
+    wait_for_fresh_window(60, Duration::from_secs(10));
+    let out = run_cli(&[
+        "bench",
+        "--addr",
+        &addr,
+        "--descriptor",
+        "endpoint=kcserl,path=/auth/admin/realms/API-TEST/x,consumer=c{n}",
+        "--distinct",
+        "3",
+        "--concurrency",
+        "4",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+        "--markdown-row",
+        "memory",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let answers = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("answers: "))
+        .unwrap_or_else(|| panic!("no answers line: {stdout}"));
+    let counts: Vec<u64> = answers
+        .split(", ")
+        .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let [ok, over, errors] = counts[..] else {
+        panic!("{answers}")
+    };
+    assert_eq!((ok, errors), (30, 0), "{stdout}");
+    assert!(over > 0, "bench made more calls than the quota: {stdout}");
+    let total: u64 = stdout.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(total, ok + over + errors, "{stdout}");
+    // The service saw exactly the calls bench counted.
+    let served = |code| rls.metric("ratelimit_requests_total", &[("code", code)]);
+    assert_eq!(served("ok"), Some(ok as f64));
+    assert_eq!(served("over_limit"), Some(over as f64));
+    let row = stdout.lines().last().unwrap();
+    assert!(
+        row.starts_with("| memory | ") && row.ends_with(" | 0 |"),
+        "{row}"
+    );
+
+    drop(rls);
+    let refused = run_cli(&["bench", "--addr", &addr, "--descriptor", "k=v"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("cannot connect"),
+        "{}",
+        text(&refused.stderr)
+    );
+}

@@ -1,5 +1,5 @@
 //! `render envoy|istio`: gateway configuration that sends the descriptors the limits files
-//! expect (`docs/envoy-compat.md`). The flags are parsed and checked here, then converted
+//! expect (`docs/gateway.md`). The flags are parsed and checked here, then converted
 //! into [`render`]'s plain options; the model itself knows nothing of the command line.
 
 use std::net::SocketAddr;
