@@ -1,5 +1,7 @@
-//! What `--config` may name (docs/service.md §4), through the binary: only regular files are
-//! read, so a FIFO or a device is refused at once instead of blocking or reading forever.
+//! Loading limits files through the binary's `validate`: only regular files are read
+//! (docs/service.md §4), so a FIFO or a device is refused at once instead of blocking or
+//! reading forever; and an error across files points at the exact field
+//! (docs/limits-format.md §2).
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -72,4 +74,31 @@ fn validate_refuses_dev_zero_without_reading_it() {
     // memory runs out.
     let out = validate_within_deadline(Path::new("/dev/zero"));
     assert_refused(&out, "/dev/zero", "a character device");
+}
+
+#[test]
+fn validate_reports_a_duplicate_shortname_at_the_second_shortname_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("a.yaml");
+    let two = dir.path().join("b.yaml");
+    std::fs::write(
+        &one,
+        "kcse_rate_limits:\n  endpoints:\n    - name: first\n      shortname: same\n      overall_limit: 5\n",
+    )
+    .unwrap();
+    // In the second file the duplicate is the second endpoint's, on its third line.
+    std::fs::write(
+        &two,
+        "kcse_rate_limits:\n  endpoints:\n    - name: other\n      shortname: other\n      overall_limit: 5\n    - name: second\n      overall_limit: 5\n      shortname: same\n",
+    )
+    .unwrap();
+    let out = validate_within_deadline(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!(
+        "{}:8:18: error: kcse_rate_limits.endpoints[1].shortname: duplicate shortname \"same\" (first defined at {}:4:18, kcse_rate_limits.endpoints[0].shortname)",
+        two.display(),
+        one.display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
 pub use model::{
     Algorithm, Config, Counting, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain,
-    Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
+    FieldAt, Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
 pub use path::normalize_path;
 
@@ -232,24 +232,25 @@ fn check_descriptor_domains(
 
 fn check_unique_shortnames(domains: &[EndpointDomain], diags: &mut Diagnostics) {
     // Unique across all loaded files and domains: it is what Envoy sends and what `render`
-    // names clusters after, so two endpoints sharing it would silently share limits.
-    let mut seen: HashMap<&str, &Origin> = HashMap::new();
+    // names clusters after, so two endpoints sharing it would silently share limits. The
+    // error points at the second `shortname:` itself, with its full field path, and names
+    // where the first one is.
+    let mut seen: HashMap<&str, &Endpoint> = HashMap::new();
     for ep in domains.iter().flat_map(|d| &d.endpoints) {
+        let at = &ep.shortname_at;
         if let Some(first) = seen.get(ep.shortname.as_str()) {
+            let was = &first.shortname_at;
             diags.error(
                 &ep.origin.file,
-                Some(Pos {
-                    line: ep.origin.line,
-                    column: 1,
-                }),
-                "shortname",
+                Some(at.pos),
+                &at.path,
                 format!(
-                    "duplicate shortname \"{}\" (first defined at {}:{})",
-                    ep.shortname, first.file, first.line
+                    "duplicate shortname \"{}\" (first defined at {}:{}:{}, {})",
+                    ep.shortname, first.origin.file, was.pos.line, was.pos.column, was.path
                 ),
             );
         } else {
-            seen.insert(&ep.shortname, &ep.origin);
+            seen.insert(&ep.shortname, ep);
         }
     }
 }

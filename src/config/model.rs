@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::diag::Pos;
+
 /// A window unit. `month` is 30 days and `year` 365 days, as envoyproxy/ratelimit counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +187,16 @@ pub struct Origin {
     pub line: u64,
 }
 
+/// Where one field was written: its value's position and its field path
+/// (`kcse_rate_limits.endpoints[1].shortname`), for checks that span files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldAt {
+    /// The value's position.
+    pub pos: Pos,
+    /// The field path.
+    pub path: String,
+}
+
 /// Everything loaded from every file given to `--config`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Config {
@@ -251,6 +263,10 @@ pub struct Endpoint {
     pub uri_prefixes: Vec<UriPrefix>,
     /// Where it was written.
     pub origin: Origin,
+    /// Where its `shortname` was written (not reported by `/config`: the origin says enough
+    /// there).
+    #[serde(skip)]
+    pub shortname_at: FieldAt,
 }
 
 /// Limits under one URL prefix.
