@@ -256,4 +256,6 @@ fn check_unique_shortnames(domains: &[EndpointDomain], diags: &mut Diagnostics) 
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -207,7 +207,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(1000))]
 
         /// Whatever the bytes: no panic, and either an answer or INVALID_ARGUMENT, counted.
         #[test]
