@@ -1,5 +1,5 @@
 //! The endpoint limits format of the Keycloak.SE rate limiter (`kcse_rate_limits`), with every
-//! default and decision of the product spec (limits-format.md §1–§2).
+//! default and decision of the product spec (docs/limits-format.md §1–§2).
 
 use std::collections::HashMap;
 

@@ -79,7 +79,7 @@ impl fmt::Display for Unit {
     }
 }
 
-/// How a rule counts (algorithms.md). `fixed_window` is the default.
+/// How a rule counts (docs/algorithms.md). `fixed_window` is the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
@@ -124,7 +124,7 @@ impl fmt::Display for Algorithm {
 /// Largest window, in ms: Redis' Lua numbers are doubles, exact below 2^53.
 pub const MAX_WINDOW_MS: u64 = (1 << 53) - 1;
 
-/// The fields beside a limit that say how it counts (algorithms.md): the window is
+/// The fields beside a limit that say how it counts (docs/algorithms.md): the window is
 /// `unit × unit_multiplier`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Counting {

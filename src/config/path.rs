@@ -164,7 +164,7 @@ mod tests {
             ("", "/"),
             ("/", "/"),
             ("auth/x", "/auth/x"),
-            // Separator spellings (limits-format.md §3).
+            // Separator spellings (docs/limits-format.md §3).
             ("/a%2fb", "/a/b"),
             ("/a%2Fb", "/a/b"),
             ("/a%5cb", "/a/b"),

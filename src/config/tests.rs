@@ -411,7 +411,7 @@ fn a_domain_has_one_file_and_one_format() {
 
 #[test]
 fn the_seed_egress_bucket_loads() {
-    // algorithms.md: the seed's Envoy local bucket (5 tokens, 5 per 15 s), shared.
+    // docs/algorithms.md: the seed's Envoy local bucket (5 tokens, 5 per 15 s), shared.
     let text = "kcse_rate_limits:
   domain: egress
   endpoints:

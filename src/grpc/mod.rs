@@ -13,7 +13,7 @@ pub use server::RateLimitServer;
 use crate::proto::RateLimitResponse;
 use crate::service::{Decider, Refusal};
 
-/// Largest request accepted by the transport (service.md §2).
+/// Largest request accepted by the transport (docs/service.md §2).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The RLS gRPC service.
