@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use integration_tests::{Rls, eventually, request, wait_for_fresh_window};
 use ironclad_rls::proto::rate_limit_response::Code;
 
-/// Changes must be picked up within 2 s (service.md §4); the deadline adds slack for a busy
+/// Changes must be picked up within 2 s (docs/service.md §4); the deadline adds slack for a busy
 /// test machine, and the measured time is printed.
 const PICKUP: Duration = Duration::from_secs(4);
 
@@ -167,4 +167,55 @@ async fn an_unchanged_save_does_not_bump_the_generation() {
         &[&[("endpoint", "ep"), ("path", "/x"), ("consumer", "c")]],
     );
     assert_eq!(rls.overall_code(r).await, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn a_dangling_symlink_fails_the_reload_and_the_old_rules_keep_serving() {
+    // docs/service.md §4: a `*.yaml` entry that cannot be read is a load error, never a file
+    // silently dropped from the configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("main.yaml"), limits("ep", 10)).unwrap();
+    std::fs::create_dir(root.join("targets")).unwrap();
+    std::fs::write(root.join("targets/other.yaml"), limits("other", 5)).unwrap();
+    std::os::unix::fs::symlink("targets/other.yaml", root.join("other.yaml")).unwrap();
+    let rls = Rls::start(&["--config", root.to_str().unwrap()]);
+    assert_eq!(generation(&rls), 1);
+    assert!(remaining(&rls, "other").await.is_some());
+
+    // Point `other.yaml` at nothing, as a half-finished deploy would (rename-over of a new
+    // link, so the watched directory sees it).
+    std::os::unix::fs::symlink("targets/gone.yaml", root.join(".other.yaml.new")).unwrap();
+    std::fs::rename(root.join(".other.yaml.new"), root.join("other.yaml")).unwrap();
+    eventually(PICKUP, "the reload error to be counted", || {
+        rls.metric("ratelimit_config_reloads_total", &[("result", "error")])
+            .filter(|n| *n >= 1.0)
+    });
+    let log = rls.logs().join("\n");
+    let failure = rls
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("configuration reload failed"))
+        .unwrap_or_else(|| panic!("no reload failure logged:\n{log}"));
+    assert!(
+        failure.contains("other.yaml") && failure.contains("cannot read"),
+        "the log names the file: {failure}"
+    );
+    assert_eq!(generation(&rls), 1, "no new generation");
+    assert_eq!(
+        rls.metric("ratelimit_config_reloads_total", &[("result", "success")])
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        remaining(&rls, "other").await.is_some(),
+        "the file's limits keep applying"
+    );
+
+    // Pointing it at a file again reloads (a changed one: the same rules as generation 1
+    // would be "unchanged").
+    std::fs::write(root.join("targets/other2.yaml"), limits("other", 6)).unwrap();
+    std::os::unix::fs::symlink("targets/other2.yaml", root.join(".other.yaml.new")).unwrap();
+    std::fs::rename(root.join(".other.yaml.new"), root.join("other.yaml")).unwrap();
+    wait_generation(&rls, 2, "the link repaired");
 }

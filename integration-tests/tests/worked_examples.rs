@@ -1,4 +1,4 @@
-//! limits-format.md §7 through the real binary over gRPC.
+//! docs/limits-format.md §7 through the real binary over gRPC.
 
 use std::time::Duration;
 

@@ -1,12 +1,13 @@
 //! The endpoint limits format of the Keycloak.SE rate limiter (`kcse_rate_limits`), with every
-//! default and decision of the product spec (limits-format.md §1–§2).
+//! default and decision of the product spec (docs/limits-format.md §1–§2).
 
 use std::collections::HashMap;
 
 use super::diag::Pos;
 use super::fields::{Ctx, Fields, join};
 use super::model::{
-    Counting, Endpoint, EndpointDomain, Invoker, Origin, OverallLimit, Soft, Unit, UriPrefix,
+    Counting, Endpoint, EndpointDomain, FieldAt, Invoker, Origin, OverallLimit, Soft, Unit,
+    UriPrefix,
 };
 use super::path::normalize_path;
 use super::yaml::Node;
@@ -107,6 +108,14 @@ pub fn parse_block(cx: &mut Ctx<'_>, block: &Node) -> Option<EndpointDomain> {
 fn parse_endpoint(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Endpoint> {
     let f = Fields::new(cx, node, path, ENDPOINT_FIELDS)?;
     let name = f.req_str(cx, "name");
+    let (shortname_key, shortname_node) = match (f.get("shortname"), f.get("shorname")) {
+        (None, Some(typo)) => ("shorname", Some(typo)),
+        (first, _) => ("shortname", first),
+    };
+    let shortname_at = FieldAt {
+        pos: shortname_node.map_or(f.pos, |n| n.pos),
+        path: f.path_of(shortname_key),
+    };
     let shortname = match (f.get("shortname"), f.get("shorname")) {
         (Some(_), Some(typo)) => {
             cx.error(
@@ -215,6 +224,7 @@ fn parse_endpoint(cx: &mut Ctx<'_>, node: &Node, path: String) -> Option<Endpoin
             file: cx.file.to_owned(),
             line: f.pos.line,
         },
+        shortname_at,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The envoyproxy/ratelimit configuration format (`domain` + nested `descriptors`), loaded
-//! unchanged, with its validation rules (envoy-compat.md).
+//! unchanged, with its validation rules (docs/envoy-compat.md).
 
 use std::collections::HashSet;
 

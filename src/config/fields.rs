@@ -234,7 +234,7 @@ impl<'n> Fields<'n> {
         None
     }
 
-    /// The counting fields of this level (algorithms.md): `unit_multiplier` and `algorithm`
+    /// The counting fields of this level (docs/algorithms.md): `unit_multiplier` and `algorithm`
     /// are inherited from `parent` (a level that sets `unit` without `unit_multiplier` gets
     /// multiplier 1); `burst` is this level's own and only valid with `token_bucket`.
     /// `limits` are the limits this level's buckets hold (for the exactness bound).

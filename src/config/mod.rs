@@ -9,20 +9,21 @@ mod diag;
 mod endpoint;
 mod envoy;
 mod fields;
+mod files;
 mod model;
 mod path;
 mod yaml;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
 pub use model::{
     Algorithm, Config, Counting, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain,
-    Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
+    FieldAt, Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
 pub use path::normalize_path;
 
@@ -88,72 +89,15 @@ impl From<Diagnostics> for LoadError {
 
 /// Finds and loads every limits file under `paths` (files, or directories whose `*.yaml` /
 /// `*.yml` files are read in name order, dot-files skipped: a Kubernetes ConfigMap mount keeps
-/// its real files under `..data`, reached through the top-level symlinks).
+/// its real files under `..data`, reached through the top-level symlinks). Only regular files
+/// are read, each up to the size bound; an entry that cannot be read fails the load.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
     let mut diags = Diagnostics::default();
-    let mut sources = Vec::new();
-    for path in paths {
-        for file in discover(path, &mut diags) {
-            let name = file.display().to_string();
-            match read_limited(&file) {
-                Ok(text) => sources.push(Source { name, text }),
-                Err(e) => diags.error(&name, None, "", format!("cannot read: {e}")),
-            }
-        }
-    }
+    let sources = files::read_all(paths, &mut diags);
     if diags.has_errors() {
         return Err(diags.into());
     }
     load_sources(&sources)
-}
-
-fn read_limited(file: &Path) -> std::io::Result<String> {
-    let len = std::fs::metadata(file)?.len();
-    if len > yaml::MAX_FILE_BYTES as u64 {
-        return Err(std::io::Error::other(format!(
-            "file is {len} bytes, more than the {} allowed",
-            yaml::MAX_FILE_BYTES
-        )));
-    }
-    std::fs::read_to_string(file)
-}
-
-fn discover(path: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
-    let name = path.display().to_string();
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => {
-            diags.error(&name, None, "", format!("cannot open: {e}"));
-            return Vec::new();
-        }
-    };
-    if !meta.is_dir() {
-        return vec![path.to_owned()];
-    }
-    let entries = match std::fs::read_dir(path) {
-        Ok(e) => e,
-        Err(e) => {
-            diags.error(&name, None, "", format!("cannot list directory: {e}"));
-            return Vec::new();
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let file_name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            let yaml = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e == "yaml" || e == "yml");
-            yaml && !file_name.starts_with('.') && p.is_file()
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        diags.error(&name, None, "", "directory holds no *.yaml or *.yml file");
-    }
-    files
 }
 
 /// Loads already-read sources: parse, validate, merge. Pure; the tests' entry point.
@@ -288,27 +232,30 @@ fn check_descriptor_domains(
 
 fn check_unique_shortnames(domains: &[EndpointDomain], diags: &mut Diagnostics) {
     // Unique across all loaded files and domains: it is what Envoy sends and what `render`
-    // names clusters after, so two endpoints sharing it would silently share limits.
-    let mut seen: HashMap<&str, &Origin> = HashMap::new();
+    // names clusters after, so two endpoints sharing it would silently share limits. The
+    // error points at the second `shortname:` itself, with its full field path, and names
+    // where the first one is.
+    let mut seen: HashMap<&str, &Endpoint> = HashMap::new();
     for ep in domains.iter().flat_map(|d| &d.endpoints) {
+        let at = &ep.shortname_at;
         if let Some(first) = seen.get(ep.shortname.as_str()) {
+            let was = &first.shortname_at;
             diags.error(
                 &ep.origin.file,
-                Some(Pos {
-                    line: ep.origin.line,
-                    column: 1,
-                }),
-                "shortname",
+                Some(at.pos),
+                &at.path,
                 format!(
-                    "duplicate shortname \"{}\" (first defined at {}:{})",
-                    ep.shortname, first.file, first.line
+                    "duplicate shortname \"{}\" (first defined at {}:{}:{}, {})",
+                    ep.shortname, first.origin.file, was.pos.line, was.pos.column, was.path
                 ),
             );
         } else {
-            seen.insert(&ep.shortname, &ep.origin);
+            seen.insert(&ep.shortname, ep);
         }
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

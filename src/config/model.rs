@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::diag::Pos;
+
 /// A window unit. `month` is 30 days and `year` 365 days, as envoyproxy/ratelimit counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,7 +79,7 @@ impl fmt::Display for Unit {
     }
 }
 
-/// How a rule counts (algorithms.md). `fixed_window` is the default.
+/// How a rule counts (docs/algorithms.md). `fixed_window` is the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
@@ -122,7 +124,7 @@ impl fmt::Display for Algorithm {
 /// Largest window, in ms: Redis' Lua numbers are doubles, exact below 2^53.
 pub const MAX_WINDOW_MS: u64 = (1 << 53) - 1;
 
-/// The fields beside a limit that say how it counts (algorithms.md): the window is
+/// The fields beside a limit that say how it counts (docs/algorithms.md): the window is
 /// `unit × unit_multiplier`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Counting {
@@ -183,6 +185,16 @@ pub struct Origin {
     pub file: String,
     /// The line of the rule's first key.
     pub line: u64,
+}
+
+/// Where one field was written: its value's position and its field path
+/// (`kcse_rate_limits.endpoints[1].shortname`), for checks that span files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldAt {
+    /// The value's position.
+    pub pos: Pos,
+    /// The field path.
+    pub path: String,
 }
 
 /// Everything loaded from every file given to `--config`.
@@ -251,6 +263,10 @@ pub struct Endpoint {
     pub uri_prefixes: Vec<UriPrefix>,
     /// Where it was written.
     pub origin: Origin,
+    /// Where its `shortname` was written (not reported by `/config`: the origin says enough
+    /// there).
+    #[serde(skip)]
+    pub shortname_at: FieldAt,
 }
 
 /// Limits under one URL prefix.

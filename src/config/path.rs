@@ -6,14 +6,26 @@
 //! model) applies the same function to request paths, so the two can never drift apart and
 //! `config` needs nothing from `descriptor`.
 
-/// Normalises a request path (Envoy's `:path`) for prefix matching:
-/// the query string and fragment are cut off, percent-encoded *unreserved* characters are
-/// decoded (other escapes keep their meaning, with hex digits upper-cased so `%2f` and `%2F`
-/// compare equal; a `%` that starts no escape becomes `%25`), runs of `/` are merged, and `.` / `..` segments are resolved (never above
-/// the root). The result always starts with `/`; a trailing `/` is kept.
+/// Normalises a request path (Envoy's `:path`) for prefix matching, in this order:
+///
+/// 1. the query string and fragment are cut off (they are not part of the path in any
+///    reading of the URL);
+/// 2. the spellings some backends read as a separator become `/`: `%2F`, `%5C` (either
+///    case) and `\` (docs/limits-format.md §3);
+/// 3. each segment's `;` parameters are dropped (`/a;x=1/b` → `/a/b`), after step 2 so a
+///    parameter can never hide a separator;
+/// 4. percent-encoded *unreserved* characters are decoded (other escapes keep their meaning,
+///    with hex digits upper-cased so `%3b` and `%3B` compare equal; a `%` that starts no
+///    escape becomes `%25`);
+/// 5. runs of `/` are merged and `.` / `..` segments are resolved (never above the root).
+///
+/// The result always starts with `/`; a trailing `/` is kept. Treating every such spelling
+/// as a separator can match more prefixes than a given backend would route, which is the
+/// safe side for a limiter; matching fewer would let a spelling escape a limit.
 pub fn normalize_path(raw: &str) -> String {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
-    let decoded = decode_unreserved(&raw[..end]);
+    let separated = drop_params(&separators_as_slash(&raw[..end]));
+    let decoded = decode_unreserved(&separated);
 
     // Dot segments are resolved after decoding, so `%2e%2e` counts as `..`.
     let mut segments: Vec<&str> = Vec::new();
@@ -41,6 +53,46 @@ pub fn normalize_path(raw: &str) -> String {
         out.push('/');
     }
     out
+}
+
+/// `%2F`, `%5C` (either case) and `\` → `/`. Other escapes are copied whole, so the `2F` of
+/// `%252F` (an escaped `%` followed by the text `2F`) is never read as a separator.
+fn separators_as_slash(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| {
+                Some((
+                    hex_value(*bytes.get(i + 1)?)?,
+                    hex_value(*bytes.get(i + 2)?)?,
+                ))
+            })
+            .flatten();
+        let (is_separator, len) = match (bytes[i], escape) {
+            (b'\\', _) => (true, 1),
+            (b'%', Some((h, l))) => (matches!(h * 16 + l, b'/' | b'\\'), 3),
+            _ => (false, 1),
+        };
+        if is_separator {
+            out.push_str(&s[copied..i]);
+            out.push('/');
+            copied = i + len;
+        }
+        i += len;
+    }
+    out.push_str(&s[copied..]);
+    out
+}
+
+/// Drops every segment's `;` parameters: from a `;` to the end of its segment.
+fn drop_params(s: &str) -> String {
+    s.split('/')
+        .map(|seg| seg.split_once(';').map_or(seg, |(kept, _)| kept))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -112,7 +164,36 @@ mod tests {
             ("", "/"),
             ("/", "/"),
             ("auth/x", "/auth/x"),
-            ("/a%2fb", "/a%2Fb"),
+            // Separator spellings (docs/limits-format.md §3).
+            ("/a%2fb", "/a/b"),
+            ("/a%2Fb", "/a/b"),
+            ("/a%5cb", "/a/b"),
+            ("/a%5Cb", "/a/b"),
+            ("/a\\b", "/a/b"),
+            ("/a%2F%2F..%2Fb", "/b"),
+            ("/a\\..\\b", "/b"),
+            ("/a%252Fb", "/a%252Fb"),
+            ("/a%3bx", "/a%3Bx"),
+            // `;` parameters, dropped per segment.
+            ("/a;x=1/b", "/a/b"),
+            ("/a;x=1;y=2/b;z", "/a/b"),
+            ("/;x/b", "/b"),
+            ("/a/;x", "/a/"),
+            ("/a/..;/b", "/b"),
+            ("/a;x%2Fy/b", "/a/y/b"),
+            ("/a;x?q=1;2", "/a"),
+            (
+                "/auth/admin/realms/API-TEST%2Fusers",
+                "/auth/admin/realms/API-TEST/users",
+            ),
+            (
+                "/auth/admin/realms/API-TEST;x=1/users",
+                "/auth/admin/realms/API-TEST/users",
+            ),
+            (
+                "/auth/admin/realms/API-TEST\\users",
+                "/auth/admin/realms/API-TEST/users",
+            ),
             ("/%7Euser", "/~user"),
             ("/bad%zzescape%4", "/bad%25zzescape%254"),
             ("/%%30a", "/%250a"),
@@ -142,6 +223,10 @@ mod tests {
             if n & 4 == 4 {
                 out.push_str("zz/../");
             }
+            if n & 16 == 16 {
+                // A separator spelling some backends read as `/`.
+                out.push_str(["%2F", "%2f", "%5C", "\\"][usize::from(n >> 6)]);
+            }
             if n & 8 == 8 {
                 // Percent-encode the first character of the segment.
                 let first = seg.as_bytes()[0];
@@ -149,6 +234,9 @@ mod tests {
                 out.push_str(&seg[1..]);
             } else {
                 out.push_str(seg);
+            }
+            if n & 32 == 32 {
+                out.push_str(";jsessionid=x");
             }
         }
         out
@@ -167,12 +255,16 @@ mod tests {
         }
 
         #[test]
-        fn normalisation_is_idempotent_and_clean(raw in "[/a-z.%0-9A-F?#]{0,24}") {
+        fn normalisation_is_idempotent_and_clean(raw in "[/a-z.%0-9A-Fcf?#;=\\\\]{0,24}") {
             let once = normalize_path(&raw);
             prop_assert_eq!(normalize_path(&once), once.clone());
             prop_assert!(once.starts_with('/'));
             prop_assert!(!once.contains("//"));
             prop_assert!(!once.split('/').any(|s| s == "." || s == ".."));
+            // No separator spelling and no parameter survives.
+            prop_assert!(!once.contains(['\\', ';']));
+            prop_assert!(!once.to_ascii_uppercase().contains("%2F"));
+            prop_assert!(!once.to_ascii_uppercase().contains("%5C"));
         }
     }
 }

@@ -188,9 +188,61 @@ fn duplicates_named_unique_are_errors() {
         "kcse_rate_limits:\n  domain: other\n  endpoints:\n    - name: b\n      shortname: same\n";
     let err = load_sources(&[src("one.yaml", one), src("two.yaml", two)]).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("two.yaml:4:1: error: shortname: duplicate shortname \"same\" (first defined at one.yaml:3)"),
+        err.to_string().contains(
+            "two.yaml:5:18: error: kcse_rate_limits.endpoints[0].shortname: duplicate shortname \"same\" (first defined at one.yaml:4:18, kcse_rate_limits.endpoints[0].shortname)"
+        ),
         "{err}"
+    );
+}
+
+#[test]
+fn a_duplicate_shortname_is_reported_at_the_second_shortname_line() {
+    // The second endpoint's `shortname:` is on line 9, not on its first line (7).
+    let text = "kcse_rate_limits:
+  endpoints:
+    - name: first
+      shortname: same
+      uri_prefixes:
+        - { prefix: /a, value: 1 }
+    - name: second
+      endpoint: host:1
+      shortname: same
+";
+    let err = load_sources(&[src("f.yaml", text)]).unwrap_err();
+    let dup: Vec<&Diagnostic> = err
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    assert_eq!(dup.len(), 1, "{err}");
+    assert_eq!(
+        dup[0].pos,
+        Some(Pos {
+            line: 9,
+            column: 18
+        }),
+        "{err}"
+    );
+    assert_eq!(dup[0].path, "kcse_rate_limits.endpoints[1].shortname");
+    assert!(
+        dup[0].message.contains("first defined at f.yaml:4:18"),
+        "{err}"
+    );
+    // Spelled `shorname`, the path names the key as written.
+    let typo = text.replace("      shortname: same\n", "      shorname: same\n");
+    let err = load_sources(&[src("f.yaml", &typo)]).unwrap_err();
+    let dup = err
+        .diagnostics
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .expect("an error");
+    assert_eq!(dup.path, "kcse_rate_limits.endpoints[1].shorname");
+    assert_eq!(
+        dup.pos,
+        Some(Pos {
+            line: 9,
+            column: 17
+        })
     );
 }
 
@@ -359,7 +411,7 @@ fn a_domain_has_one_file_and_one_format() {
 
 #[test]
 fn the_seed_egress_bucket_loads() {
-    // algorithms.md: the seed's Envoy local bucket (5 tokens, 5 per 15 s), shared.
+    // docs/algorithms.md: the seed's Envoy local bucket (5 tokens, 5 per 15 s), shared.
     let text = "kcse_rate_limits:
   domain: egress
   endpoints:

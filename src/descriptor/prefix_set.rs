@@ -1,4 +1,4 @@
-//! Finds *every* configured prefix that a path starts with (limits-format.md §4: all
+//! Finds *every* configured prefix that a path starts with (docs/limits-format.md §4: all
 //! matching prefixes apply), in a handful of hash lookups instead of a scan of all prefixes.
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! envoyproxy/ratelimit matching: walk the request's entries level by level; at each level
 //! the exact `key`+`value` node, else the first `*` pattern (in file order) that matches,
 //! else the `key`-only node. No backtracking. The limit is the one at the node matched by the
-//! last entry (envoy-compat.md, Matching).
+//! last entry (docs/envoy-compat.md, Matching).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl DescriptorTree {
                 .collect::<Vec<_>>()
                 .join(".")
         };
-        // An override needs only the domain (envoy-compat.md), and is never in shadow mode.
+        // An override needs only the domain (docs/envoy-compat.md), and is never in shadow mode.
         // It replaces the limit and window, not how the matched rule counts: a strict
         // sliding window or bucket stays one (a fixed window where no rule matched).
         if let Some(o) = over {

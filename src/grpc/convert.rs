@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use serde_json::{Value, json};
 
 use crate::config::Unit;
@@ -13,6 +14,14 @@ use crate::proto::rate_limit_response::{
     DescriptorStatus as ProtoStatus, RateLimit, rate_limit::Unit as ProtoUnit,
 };
 use crate::proto::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_response};
+
+/// Decodes a `RateLimitRequest` from the bytes of one gRPC message and converts it. The error
+/// says what is wrong with the message (prost names the field and the problem: invalid UTF-8,
+/// a wrong wire type, a truncated buffer).
+pub fn decode_request(message: &[u8]) -> Result<Request, String> {
+    let req = RateLimitRequest::decode(message).map_err(|e| format!("invalid protobuf: {e}"))?;
+    request_from_proto(req)
+}
 
 /// Converts a request. Bounds are checked by the limiter, which names the offending part in
 /// its error; here only a limit override without a unit is refused.

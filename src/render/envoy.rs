@@ -214,6 +214,14 @@ fn hcm(stat_prefix: &str, route_config: Value, http_filters: Value) -> Value {
             // `/auth//x/../y` may not slip past a limit on `/auth/y`.
             "normalize_path": true,
             "merge_slashes": true,
+            // An escaped slash (`%2F`, `%5C`, either case) is refused with 400 rather than
+            // passed on: a backend that decodes it would route a path that neither Envoy's
+            // route match nor the `path` descriptor saw. Refusing, not unescaping and
+            // forwarding, because it is Envoy's advice for API clients (they send normalised
+            // paths), it never changes a request the backend then serves differently, and a
+            // client that needs an escaped slash is told so at once. The RLS counts these
+            // spellings as `/` anyway (docs/limits-format.md §3), for gateways not made here.
+            "path_with_escaped_slashes_action": "REJECT_REQUEST",
             "route_config": route_config,
             "http_filters": http_filters
         }
