@@ -3,7 +3,7 @@
 //! top-level command line in [`crate::settings`]; its body is [`crate::app`].
 //!
 //! Each module is an adapter: it turns flags into the plain inputs of the pure modules
-//! ([`crate::config`], [`crate::render`]'s options, a [`crate::proto`] request), prints the
+//! ([`crate::config`], `crate::render`'s options, a [`crate::proto`] request), prints the
 //! result, and chooses the exit code.
 
 pub mod bench;

@@ -1,6 +1,6 @@
 //! `render envoy|istio`: gateway configuration that sends the descriptors the limits files
 //! expect (`docs/gateway.md`). The flags are parsed and checked here, then converted
-//! into [`render`]'s plain options; the model itself knows nothing of the command line.
+//! into `render`'s plain options; the model itself knows nothing of the command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,7 +91,7 @@ pub enum JwtArg {
     Ignore,
 }
 
-/// `--consumer-sources` values: [`render::Source`] as the command line spells it, so the
+/// `--consumer-sources` values: `render::Source` as the command line spells it, so the
 /// render model stays free of clap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceArg {
