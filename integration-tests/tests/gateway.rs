@@ -660,6 +660,11 @@ fn istio_manifests_limit_by_host_on_a_gateway() {
         .map(|_| get("elsewhere.test", "/limited/x?client_id=ann"))
         .collect();
     assert_eq!(other, [200; 5]);
+    // Escaped slashes are refused on the gateway too, as `render envoy` does
+    // (docs/gateway.md), before any quota is asked for.
+    for path in ["/limited%2Fx?client_id=esc", "/limited%5cx?client_id=esc"] {
+        assert_eq!(get("api.example.com", path), 400, "{path}");
+    }
 }
 
 #[test]

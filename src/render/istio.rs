@@ -93,7 +93,10 @@ pub fn render(config: &Config, options: &IstioOptions) -> Result<String, RenderE
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "normalize_path": true,
-                    "merge_slashes": true
+                    "merge_slashes": true,
+                    // As `render envoy`: escaped slashes are refused, not passed on
+                    // (docs/gateway.md). Istio's own `pathNormalization` does not cover them.
+                    "path_with_escaped_slashes_action": "REJECT_REQUEST"
                 }
             } }
         },
