@@ -1,7 +1,19 @@
 //! Counters held in the process: exact for one replica, freed when they no longer matter.
 //!
-//! This store is the reference for the algorithms (algorithms.md); the Redis script mirrors
-//! it and the conformance suite holds both to the same answers.
+//! This store is the reference for the algorithms (docs/algorithms.md); the Redis script
+//! (`src/redis/check_and_count.lua`) has the same shape and the same names, and the
+//! conformance suite and the differential test (`integration-tests/tests/differential.rs`)
+//! hold both to the same answers. Each algorithm is one module with three steps:
+//!
+//! - `load`: a counter's stored state at `now`, as a `Sim` (a sliding log drops its
+//!   expired hits on the way);
+//! - `decide`: one op against a sim: the op's [`CounterState`] and the sim after it;
+//! - `commit`: writes a sim back.
+//!
+//! A batch loads each counter once, decides its ops in order (ops sharing a counter see
+//! each other's hits), then commits every sim, or none when an enforcing op is over (or on
+//! a dry run). A blocked batch reports each counter as stored: the same `decide` with 0
+//! hits on the sim as loaded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,15 +38,25 @@ enum Slot {
     Bucket(CounterKey, u64),
 }
 
-/// A bucket's GCRA state. `debt` is how far the theoretical arrival time is ahead of `at`,
-/// in units of 1/`window ms` of a token: taking a token adds `window ms`, and each ms drains
-/// `limit`. Integers keep it exact (the Redis script holds the same two numbers).
+impl Slot {
+    fn of(op: &CounterOp, now: u64) -> Slot {
+        let win = window_ms(op);
+        match op.algorithm {
+            Algorithm::FixedWindow => {
+                Slot::Fixed(op.key.clone(), win, window(now, op.window_secs).0)
+            }
+            Algorithm::SlidingWindow => Slot::Log(op.key.clone(), win),
+            Algorithm::TokenBucket => Slot::Bucket(op.key.clone(), win),
+        }
+    }
+}
+
+/// A counter as one batch sees it while it is decided, before anything is written.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    debt: u64,
-    at: u64,
-    /// When the debt is paid off (the bucket is full): the state can be dropped then.
-    until: u64,
+enum Sim {
+    Fixed(fixed::Sim),
+    Log(sliding::Sim),
+    Bucket(bucket::Sim),
 }
 
 /// The in-memory [`CounterStore`]. One mutex makes a whole batch (check and count of all
@@ -51,30 +73,8 @@ struct State {
     counts: HashMap<Slot, u64>,
     /// Admit times (ms), oldest first.
     logs: HashMap<Slot, VecDeque<u64>>,
-    buckets: HashMap<Slot, Bucket>,
+    buckets: HashMap<Slot, bucket::Stored>,
     next_sweep_ms: u64,
-}
-
-/// A slot as the batch sees it while it is decided, before anything is written.
-#[derive(Debug, Clone, Copy)]
-enum Sim {
-    Count {
-        stored: u64,
-        count: u64,
-        reset_ms: u64,
-    },
-    /// `stored` logged hits in the window; of them the newest `pop` are to be removed, and
-    /// `add` hits at now are to be logged.
-    Log {
-        stored: u64,
-        pop: u64,
-        add: u64,
-    },
-    Bucket {
-        stored: u64,
-        debt: u64,
-        limit: u64,
-    },
 }
 
 impl MemoryStore {
@@ -112,53 +112,35 @@ impl MemoryStore {
             state.next_sweep_ms = now + SWEEP_INTERVAL_MS;
         }
 
-        // Pass 1: simulate the batch in order (ops may share a slot), deciding each op.
+        // Decide every op in order: ops may share a counter, so each sees the sim the
+        // earlier ones left.
+        let mut loaded: HashMap<Slot, Sim> = HashMap::new();
         let mut sims: HashMap<Slot, Sim> = HashMap::new();
-        let mut states = Vec::with_capacity(ops.len());
         let mut slots = Vec::with_capacity(ops.len());
+        let mut states = Vec::with_capacity(ops.len());
         let mut blocked = dry_run;
         for op in ops {
-            let win = window_ms(op);
-            let slot = match op.algorithm {
-                Algorithm::FixedWindow => {
-                    Slot::Fixed(op.key.clone(), win, window(now, op.window_secs).0)
-                }
-                Algorithm::SlidingWindow => Slot::Log(op.key.clone(), win),
-                Algorithm::TokenBucket => Slot::Bucket(op.key.clone(), win),
-            };
+            let slot = Slot::of(op, now);
             let sim = match sims.get(&slot) {
                 Some(sim) => *sim,
-                None => state.load(&slot, op, now),
+                None => {
+                    let sim = state.load(&slot, op, now);
+                    loaded.insert(slot.clone(), sim);
+                    sim
+                }
             };
-            let (s, sim) = decide(op, sim, state.logs.get(&slot), now);
+            let (s, next) = state.decide(&slot, op, sim, now);
             blocked |= s.over && op.enforce;
-            sims.insert(slot.clone(), sim);
+            sims.insert(slot.clone(), next);
             states.push(s);
             slots.push(slot);
         }
 
-        // Pass 2: commit all or nothing.
+        // All or nothing.
         if blocked {
-            // Nothing is counted: report what is stored (the simulated `before` of a later
-            // op sharing a slot included earlier ops' hits).
             for ((s, slot), op) in states.iter_mut().zip(&slots).zip(ops) {
-                let stored = state.load(slot, op, now);
-                let (stored_state, _) = decide(
-                    &CounterOp {
-                        hits: 0,
-                        negative: false,
-                        ..op.clone()
-                    },
-                    stored,
-                    state.logs.get(slot),
-                    now,
-                );
-                s.before = stored_state.before;
-                s.after = stored_state.before;
-                s.remaining = stored_state.remaining;
-                if !s.over {
-                    s.reset_ms = stored_state.reset_ms;
-                }
+                let (stored, _) = state.decide(slot, &check_only(op), loaded[slot], now);
+                *s = blocked_report(*s, stored);
             }
         } else {
             for (slot, sim) in sims {
@@ -173,8 +155,35 @@ impl MemoryStore {
     }
 }
 
+/// The window length in ms.
 fn window_ms(op: &CounterOp) -> u64 {
     op.window_secs.max(1).saturating_mul(1000)
+}
+
+/// `op` with 0 hits: how the blocked report reads a counter.
+fn check_only(op: &CounterOp) -> CounterOp {
+    CounterOp {
+        hits: 0,
+        negative: false,
+        ..op.clone()
+    }
+}
+
+/// What a blocked batch reports for an op: its own verdict (over, and then the wait until
+/// it fits), the rest as the counter is stored (nothing was counted; a later op sharing a
+/// counter was decided with the earlier ops' hits).
+fn blocked_report(decided: CounterState, stored: CounterState) -> CounterState {
+    CounterState {
+        before: stored.before,
+        after: stored.before,
+        over: decided.over,
+        reset_ms: if decided.over {
+            decided.reset_ms
+        } else {
+            stored.reset_ms
+        },
+        remaining: stored.remaining,
+    }
 }
 
 impl State {
@@ -191,254 +200,351 @@ impl State {
         self.buckets.retain(|_, b| b.until > now);
     }
 
-    /// Reads a slot at `now` (trimming a log's expired hits, draining a bucket).
     fn load(&mut self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
         match slot {
-            Slot::Fixed(_, len, start) => {
-                let stored = self.counts.get(slot).copied().unwrap_or(0);
-                Sim::Count {
-                    stored,
-                    count: stored,
-                    reset_ms: (start + len).saturating_sub(now),
-                }
+            Slot::Fixed(_, len, start) => Sim::Fixed(fixed::load(self, slot, start + len, now)),
+            Slot::Log(_, win) => Sim::Log(sliding::load(self, slot, *win, now)),
+            Slot::Bucket(..) => Sim::Bucket(bucket::load(self, slot, op, now)),
+        }
+    }
+
+    fn decide(&self, slot: &Slot, op: &CounterOp, sim: Sim, now: u64) -> (CounterState, Sim) {
+        match sim {
+            Sim::Fixed(sim) => {
+                let (s, sim) = fixed::decide(op, sim);
+                (s, Sim::Fixed(sim))
             }
-            Slot::Log(_, win) => {
-                let stored = match self.logs.get_mut(slot) {
-                    Some(log) => {
-                        // A hit at t counts in (t, t + window]: at t + window it has left.
-                        while log.front().is_some_and(|&t| t + win <= now) {
-                            log.pop_front();
-                        }
-                        log.len() as u64
-                    }
-                    None => 0,
-                };
-                Sim::Log {
-                    stored,
-                    pop: 0,
-                    add: 0,
-                }
+            Sim::Log(sim) => {
+                let (s, sim) = sliding::decide(op, sim, self.logs.get(slot), now);
+                (s, Sim::Log(sim))
             }
-            Slot::Bucket(..) => {
-                let debt = self
-                    .buckets
-                    .get(slot)
-                    .map_or(0, |b| drain(b.debt, now.saturating_sub(b.at), op.limit));
-                Sim::Bucket {
-                    stored: debt,
-                    debt,
-                    limit: op.limit,
-                }
+            Sim::Bucket(sim) => {
+                let (s, sim) = bucket::decide(op, sim);
+                (s, Sim::Bucket(sim))
             }
         }
     }
 
     fn commit(&mut self, slot: Slot, sim: Sim, now: u64) {
         match sim {
-            Sim::Count { count, stored, .. } if count != stored => {
-                if count == 0 {
-                    self.counts.remove(&slot);
-                } else {
-                    self.counts.insert(slot, count);
-                }
-            }
-            Sim::Count { .. } => {}
-            Sim::Log { stored, pop, add } => {
-                let log = self.logs.entry(slot.clone()).or_default();
-                log.truncate(usize::try_from(stored - pop).unwrap_or(usize::MAX));
-                log.extend(std::iter::repeat_n(now, usize::try_from(add).unwrap_or(0)));
-                if log.is_empty() {
-                    self.logs.remove(&slot);
-                }
-            }
-            Sim::Bucket { debt, limit, .. } => {
-                if debt == 0 {
-                    self.buckets.remove(&slot);
-                } else {
-                    let until = if limit == 0 {
-                        u64::MAX
-                    } else {
-                        now.saturating_add(div_ceil(debt, limit))
-                    };
-                    self.buckets.insert(
-                        slot,
-                        Bucket {
-                            debt,
-                            at: now,
-                            until,
-                        },
-                    );
-                }
-            }
+            Sim::Fixed(sim) => fixed::commit(self, slot, sim),
+            Sim::Log(sim) => sliding::commit(self, slot, sim, now),
+            Sim::Bucket(sim) => bucket::commit(self, slot, sim, now),
         }
     }
 }
 
-/// A bucket's debt after `elapsed_ms` of refill at `limit` per ms.
-fn drain(debt: u64, elapsed_ms: u64, limit: u64) -> u64 {
-    let drained = u128::from(elapsed_ms) * u128::from(limit);
-    u64::try_from(u128::from(debt).saturating_sub(drained)).unwrap_or(u64::MAX)
-}
+/// Fixed window: one count per window, aligned to the epoch; dropped when the window ends.
+mod fixed {
+    use super::{CounterOp, CounterState, Slot, State};
 
-/// `ceil(a / b)` for b > 0.
-fn div_ceil(a: u64, b: u64) -> u64 {
-    a.div_ceil(b.max(1))
-}
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Sim {
+        /// The count as stored.
+        stored: u64,
+        /// The count after the batch's ops so far.
+        count: u64,
+        /// ms until the window ends.
+        reset_ms: u64,
+    }
 
-/// Decides one op against a slot's simulated state; returns the op's state and the slot's
-/// state after it.
-fn decide(op: &CounterOp, sim: Sim, log: Option<&VecDeque<u64>>, now: u64) -> (CounterState, Sim) {
-    let win = window_ms(op);
-    let (limit, hits) = (op.limit, op.hits);
-    match sim {
-        Sim::Count {
+    pub(super) fn load(state: &State, slot: &Slot, ends: u64, now: u64) -> Sim {
+        let stored = state.counts.get(slot).copied().unwrap_or(0);
+        Sim {
             stored,
-            count,
-            reset_ms,
-        } => {
-            let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
-            let after = if op.negative {
-                count.saturating_sub(hits)
-            } else {
-                count.saturating_add(hits)
-            };
-            let state = CounterState {
-                before: count,
-                after,
-                over,
-                reset_ms,
-                remaining: limit.saturating_sub(after),
-            };
-            let sim = Sim::Count {
-                stored,
+            count: stored,
+            reset_ms: ends.saturating_sub(now),
+        }
+    }
+
+    pub(super) fn decide(op: &CounterOp, sim: Sim) -> (CounterState, Sim) {
+        let (limit, hits, count) = (op.limit, op.hits, sim.count);
+        let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
+        let after = if op.negative {
+            count.saturating_sub(hits)
+        } else {
+            count.saturating_add(hits)
+        };
+        let state = CounterState {
+            before: count,
+            after,
+            over,
+            reset_ms: sim.reset_ms,
+            remaining: limit.saturating_sub(after),
+        };
+        (
+            state,
+            Sim {
                 count: after,
-                reset_ms,
-            };
-            (state, sim)
+                ..sim
+            },
+        )
+    }
+
+    pub(super) fn commit(state: &mut State, slot: Slot, sim: Sim) {
+        if sim.count == sim.stored {
+            return;
         }
-        Sim::Log { stored, pop, add } => {
-            let count = stored - pop + add;
-            // The k-th oldest hit in the simulated log (1-based): a kept stored one, or now.
-            let kth = |k: u64, pop: u64| -> u64 {
-                if k <= stored - pop {
-                    log.and_then(|l| l.get(usize::try_from(k - 1).ok()?).copied())
-                        .unwrap_or(now)
-                } else {
-                    now
-                }
-            };
-            let leaves = |t: u64| (t + win).saturating_sub(now);
-            let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
-            let (pop, add, after) = if op.negative {
-                let from_new = hits.min(add);
-                let from_stored = (hits - from_new).min(stored - pop);
-                (
-                    pop + from_stored,
-                    add - from_new,
-                    count - from_new - from_stored,
-                )
-            } else {
-                // A shadow-mode log counts past its limit, but one entry past it is enough to
-                // stay over: the log never holds more than limit + 1 entries.
-                let logged = if over {
-                    hits.min((limit + 1).saturating_sub(count))
-                } else {
-                    hits
-                };
-                (pop, add + logged, count + logged)
-            };
-            let reset_ms = if over {
-                if limit == 0 || hits > limit {
-                    // Never fits: the time until the log is empty.
-                    if count == 0 {
-                        win
-                    } else {
-                        leaves(kth(count, pop))
-                    }
-                } else {
-                    // The oldest `count + hits - limit` hits must leave first.
-                    leaves(kth(count + hits - limit, pop))
-                }
-            } else if after == 0 {
-                0
-            } else {
-                leaves(kth(1, pop))
-            };
-            let state = CounterState {
-                before: count,
-                after,
-                over,
-                reset_ms,
-                remaining: limit.saturating_sub(after),
-            };
-            (state, Sim::Log { stored, pop, add })
+        if sim.count == 0 {
+            state.counts.remove(&slot);
+        } else {
+            state.counts.insert(slot, sim.count);
         }
-        Sim::Bucket {
+    }
+}
+
+/// Sliding window: a log of admit times, one per hit; a hit at t counts in (t, t + window].
+mod sliding {
+    use std::collections::VecDeque;
+
+    use super::{CounterOp, CounterState, Slot, State, window_ms};
+
+    /// `stored` logged hits in the window; of them the newest `pop` are to be removed, and
+    /// `add` hits at now are to be logged.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Sim {
+        stored: u64,
+        pop: u64,
+        add: u64,
+    }
+
+    pub(super) fn load(state: &mut State, slot: &Slot, win: u64, now: u64) -> Sim {
+        let stored = match state.logs.get_mut(slot) {
+            Some(log) => {
+                // A hit at t counts in (t, t + window]: at t + window it has left.
+                while log.front().is_some_and(|&t| t + win <= now) {
+                    log.pop_front();
+                }
+                log.len() as u64
+            }
+            None => 0,
+        };
+        Sim {
             stored,
-            debt,
-            limit: drain_rate,
-        } => {
-            let cap = op.capacity;
-            let cost = |n: u64| u128::from(n) * u128::from(win);
-            let full = cost(cap);
-            let tokens = |d: u64| {
-                u64::try_from(full.saturating_sub(u128::from(d)) / u128::from(win)).unwrap_or(cap)
-            };
-            let over =
-                !op.negative && (limit == 0 || hits > cap || u128::from(debt) + cost(hits) > full);
-            let new_debt = if op.negative {
-                u128::from(debt).saturating_sub(cost(hits))
+            pop: 0,
+            add: 0,
+        }
+    }
+
+    pub(super) fn decide(
+        op: &CounterOp,
+        sim: Sim,
+        log: Option<&VecDeque<u64>>,
+        now: u64,
+    ) -> (CounterState, Sim) {
+        let win = window_ms(op);
+        let (limit, hits) = (op.limit, op.hits);
+        let Sim { stored, pop, add } = sim;
+        let count = stored - pop + add;
+        // The k-th oldest hit in the simulated log (1-based): a kept stored one, or now.
+        let kth = |k: u64, pop: u64| -> u64 {
+            if k <= stored - pop {
+                log.and_then(|l| l.get(usize::try_from(k - 1).ok()?).copied())
+                    .unwrap_or(now)
             } else {
-                u128::from(debt) + cost(hits)
-            };
-            // As the Redis script: a shadow-mode bucket's debt stays below 2^53.
-            let new_debt = u64::try_from(new_debt.min((1 << 53) - 1)).unwrap_or(u64::MAX);
-            let reset_ms = if limit == 0 {
-                win
-            } else if over && hits > cap {
-                // Never fits: the time until the bucket is full.
-                div_ceil(debt, limit)
-            } else if over {
-                let excess = u128::from(debt) + cost(hits) - full;
-                div_ceil(u64::try_from(excess).unwrap_or(u64::MAX), limit)
-            } else {
-                next_token_ms(new_debt, cap, win, limit)
-            };
-            let state = CounterState {
-                before: cap - tokens(debt).min(cap),
-                after: cap - tokens(new_debt).min(cap),
-                over,
-                reset_ms,
-                remaining: tokens(new_debt),
-            };
+                now
+            }
+        };
+        let leaves = |t: u64| (t + win).saturating_sub(now);
+        let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
+        let (pop, add, after) = if op.negative {
+            let from_new = hits.min(add);
+            let from_stored = (hits - from_new).min(stored - pop);
             (
-                state,
-                Sim::Bucket {
-                    stored,
-                    debt: new_debt,
-                    limit: drain_rate,
-                },
+                pop + from_stored,
+                add - from_new,
+                count - from_new - from_stored,
             )
+        } else {
+            // A shadow-mode log counts past its limit, but one entry past it is enough to
+            // stay over: the log never holds more than limit + 1 entries.
+            let logged = if over {
+                hits.min((limit + 1).saturating_sub(count))
+            } else {
+                hits
+            };
+            (pop, add + logged, count + logged)
+        };
+        let reset_ms = if over {
+            if limit == 0 || hits > limit {
+                // Never fits: the time until the log is empty.
+                if count == 0 {
+                    win
+                } else {
+                    leaves(kth(count, pop))
+                }
+            } else {
+                // The oldest `count + hits - limit` hits must leave first.
+                leaves(kth(count + hits - limit, pop))
+            }
+        } else if after == 0 {
+            0
+        } else {
+            leaves(kth(1, pop))
+        };
+        let state = CounterState {
+            before: count,
+            after,
+            over,
+            reset_ms,
+            remaining: limit.saturating_sub(after),
+        };
+        (state, Sim { stored, pop, add })
+    }
+
+    pub(super) fn commit(state: &mut State, slot: Slot, sim: Sim, now: u64) {
+        let Sim { stored, pop, add } = sim;
+        if pop == 0 && add == 0 {
+            return;
+        }
+        let log = state.logs.entry(slot.clone()).or_default();
+        log.truncate(usize::try_from(stored - pop).unwrap_or(usize::MAX));
+        log.extend(std::iter::repeat_n(now, usize::try_from(add).unwrap_or(0)));
+        if log.is_empty() {
+            state.logs.remove(&slot);
         }
     }
 }
 
-/// The ms until a bucket with `debt` holds one more whole token; 0 when it is full.
-fn next_token_ms(debt: u64, cap: u64, win: u64, limit: u64) -> u64 {
-    let full = u128::from(cap) * u128::from(win);
-    let debt = u128::from(debt);
-    if debt == 0 || limit == 0 {
-        return if debt == 0 { 0 } else { win };
-    }
-    let tokens = full.saturating_sub(debt) / u128::from(win);
-    if tokens >= u128::from(cap) {
-        return 0;
-    }
-    let target = (u128::from(cap) - tokens - 1) * u128::from(win);
-    let wait = (debt - target).div_ceil(u128::from(limit));
-    u64::try_from(wait).unwrap_or(u64::MAX)
-}
+/// Token bucket (GCRA). The state is `debt`: how far the theoretical arrival time is ahead of
+/// `at`, in units of 1/`window ms` of a token: taking a token adds `window ms`, and each ms
+/// drains `limit`. Integers keep it exact (the Redis script holds the same two numbers).
+mod bucket {
+    use super::{CounterOp, CounterState, Slot, State, window_ms};
 
+    /// Lua numbers are doubles: a shadow-mode bucket's debt stays below 2^53, as there.
+    const MAX_DEBT: u64 = (1 << 53) - 1;
+
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Stored {
+        debt: u64,
+        at: u64,
+        /// When the debt is paid off (the bucket is full): the state can be dropped then.
+        pub(super) until: u64,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Sim {
+        /// The debt as stored, drained to now.
+        stored: u64,
+        /// The debt after the batch's ops so far.
+        debt: u64,
+        /// Tokens refilled per window: the drain per ms.
+        limit: u64,
+        /// The window, ms.
+        win: u64,
+    }
+
+    pub(super) fn load(state: &State, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
+        // Past `until` the state is gone, as a Redis key past its expiry.
+        let debt = state
+            .buckets
+            .get(slot)
+            .filter(|b| b.until > now)
+            .map_or(0, |b| drain(b.debt, now.saturating_sub(b.at), op.limit));
+        Sim {
+            stored: debt,
+            debt,
+            limit: op.limit,
+            win: window_ms(op),
+        }
+    }
+
+    pub(super) fn decide(op: &CounterOp, sim: Sim) -> (CounterState, Sim) {
+        let win = window_ms(op);
+        let (limit, hits, cap, debt) = (op.limit, op.hits, op.capacity, sim.debt);
+        let cost = |n: u64| u128::from(n) * u128::from(win);
+        let full = cost(cap);
+        let tokens = |d: u64| {
+            u64::try_from(full.saturating_sub(u128::from(d)) / u128::from(win)).unwrap_or(cap)
+        };
+        let over =
+            !op.negative && (limit == 0 || hits > cap || u128::from(debt) + cost(hits) > full);
+        let new_debt = if op.negative {
+            u128::from(debt).saturating_sub(cost(hits))
+        } else {
+            u128::from(debt) + cost(hits)
+        };
+        let new_debt = u64::try_from(new_debt.min(MAX_DEBT.into())).unwrap_or(MAX_DEBT);
+        let reset_ms = if limit == 0 {
+            win
+        } else if over && hits > cap {
+            // Never fits: the time until the bucket is full.
+            div_ceil(debt, limit)
+        } else if over {
+            let excess = u128::from(debt) + cost(hits) - full;
+            div_ceil(u64::try_from(excess).unwrap_or(u64::MAX), limit)
+        } else {
+            next_token_ms(new_debt, cap, win, limit)
+        };
+        let state = CounterState {
+            before: cap - tokens(debt).min(cap),
+            after: cap - tokens(new_debt).min(cap),
+            over,
+            reset_ms,
+            remaining: tokens(new_debt),
+        };
+        (
+            state,
+            Sim {
+                debt: new_debt,
+                ..sim
+            },
+        )
+    }
+
+    pub(super) fn commit(state: &mut State, slot: Slot, sim: Sim, now: u64) {
+        if sim.debt == sim.stored {
+            return;
+        }
+        if sim.debt == 0 {
+            state.buckets.remove(&slot);
+            return;
+        }
+        // A bucket that never refills (limit 0, where every request is over anyway) keeps
+        // its debt for one window, so no state lives forever (the Redis key's expiry).
+        let until = if sim.limit == 0 {
+            now.saturating_add(sim.win)
+        } else {
+            now.saturating_add(div_ceil(sim.debt, sim.limit))
+        };
+        state.buckets.insert(
+            slot,
+            Stored {
+                debt: sim.debt,
+                at: now,
+                until,
+            },
+        );
+    }
+
+    /// A bucket's debt after `elapsed_ms` of refill at `limit` per ms.
+    fn drain(debt: u64, elapsed_ms: u64, limit: u64) -> u64 {
+        let drained = u128::from(elapsed_ms) * u128::from(limit);
+        u64::try_from(u128::from(debt).saturating_sub(drained)).unwrap_or(u64::MAX)
+    }
+
+    /// `ceil(a / b)` for b > 0.
+    fn div_ceil(a: u64, b: u64) -> u64 {
+        a.div_ceil(b.max(1))
+    }
+
+    /// The ms until a bucket with `debt` holds one more whole token; 0 when it is full.
+    fn next_token_ms(debt: u64, cap: u64, win: u64, limit: u64) -> u64 {
+        let full = u128::from(cap) * u128::from(win);
+        let debt = u128::from(debt);
+        if debt == 0 || limit == 0 {
+            return if debt == 0 { 0 } else { win };
+        }
+        let tokens = full.saturating_sub(debt) / u128::from(win);
+        if tokens >= u128::from(cap) {
+            return 0;
+        }
+        let target = (u128::from(cap) - tokens - 1) * u128::from(win);
+        let wait = (debt - target).div_ceil(u128::from(limit));
+        u64::try_from(wait).unwrap_or(u64::MAX)
+    }
+}
 impl CounterStore for MemoryStore {
     fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome> {
         let outcome = self.apply_now(ops, dry_run);

@@ -1,333 +1,289 @@
--- Checks every counter of a request, then counts all of them or none (limits-format.md §4,
--- algorithms.md). One call is one atomic step on the Redis server. The memory store
--- (src/limiter/memory.rs) is the reference this script mirrors; the conformance suite holds
--- both to the same answers.
+-- check_and_count: checks every counter of a request, then counts all of them or none
+-- (docs/limits-format.md §4, docs/algorithms.md). One call is one atomic step on the Redis
+-- server. (common.lua comes first: clock, helpers, state formats.)
 --
--- KEYS[i]   a counter key without algorithm and window (all KEYS of one call share a hash tag)
--- ARGV[1]   "1": dry run, count nothing
--- ARGV[2 + 8(i-1) ...] for counter i:
+-- Same shape and names as the memory store (src/limiter/memory.rs), the reference; the
+-- conformance suite and the differential test hold both to the same answers. Per
+-- algorithm:
+--   load(c)         the counter's stored state at now, as a sim
+--   decide(c, sim)  one counter against a sim: its state and the sim after it (the sim
+--                   given is left as it was)
+--   commit(sim)     writes a sim back
+-- Every counter is decided in order (counters may share state, and see each other's hits);
+-- then every sim is committed, or none when an enforcing counter is over (or on a dry run).
+-- A blocked batch reports each counter as stored: the same decide with 0 hits on the sim
+-- as loaded.
+--
+-- KEYS[i]  counter i's key, without algorithm and window (all KEYS of one call share a
+--          hash tag)
+-- ARGV[1]  "1": dry run, count nothing
+-- then 7 fields per counter (decode() is the one place that reads them):
 --   algorithm   "f" fixed window, "s" sliding window, "b" token bucket
 --   window      length in ms
 --   limit       hits per window (a bucket: tokens refilled per window)
 --   hits
---   mode        "0" take hits; "1" give hits back (is_negative_hits);
---               "2" give back hits that a call at server time `taken` took (a Redis Cluster
---               request rejected on another slot: see RedisStore::give_back)
+--   negative    "1": give hits back (is_negative_hits)
 --   enforce     "1", or "0" (shadow mode: over limit does not block the others)
 --   capacity    a bucket's capacity in tokens (ignored otherwise)
---   taken       ms, for mode "2"
 --
--- Time is this server's clock (TIME), so replicas with skewed clocks agree. State, each
--- written in the step that creates it with an expiry (PX), so nothing lives forever:
---   KEYS[i]:<window>:<window start>  fixed window: the count
---   KEYS[i]:<window>:s               sliding window: a list of admit times in ms, newest first
---                                    (one element per hit); expires when the newest leaves
---   KEYS[i]:<window>:b               token bucket (GCRA): "<debt> <at>", the theoretical
---                                    arrival time's lead over `at`, in 1/<window> of a token:
---                                    a hit adds <window>, each ms pays back <limit>; expires
---                                    when paid off (the bucket is full again)
--- The last component (digits, "s" or "b") keeps algorithms and windows apart: a rule whose
--- algorithm changes never reads another algorithm's state.
---
--- Lua numbers are doubles: every quantity stays an exact integer below 2^53 (the loader
--- bounds a bucket's capacity × window).
---
--- Returns {now_ms, committed (0/1), then per counter: before, after, over (0/1), reset_ms,
--- remaining}.
+-- Returns (reply() is the one place that writes it) {now_ms, committed (0/1), then per
+-- counter: before, after, over (0/1), reset_ms, remaining}.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local blocked = ARGV[1] == '1'
-local N = 8
-local MAX_EXACT = 9007199254740991 -- 2^53 - 1
+local FIELDS = 7
 
-local function fmt(n)
-  return string.format('%d', n)
-end
-
--- ceil(a / b) for non-negative integers, b > 0, exact.
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  if q * b > a then q = q - 1 end
-  if q * b < a then q = q + 1 end
-  return q
-end
-
-local function fixed_name(key, win, at)
-  return key .. ':' .. fmt(win) .. ':' .. fmt(at - (at % win))
-end
-
-local function bucket_debt(name, limit)
-  local v = redis.call('GET', name)
-  if not v then return 0 end
-  local sp = string.find(v, ' ')
-  local debt = tonumber(string.sub(v, 1, sp - 1))
-  local at = tonumber(string.sub(v, sp + 1))
-  return math.max(0, debt - math.max(0, now - at) * limit)
-end
-
-local function write_bucket(name, debt, limit, win)
-  if debt <= 0 then
-    redis.call('DEL', name)
-  else
-    local ttl = win
-    if limit > 0 then ttl = ceil_div(debt, limit) end
-    redis.call('SET', name, fmt(debt) .. ' ' .. fmt(now), 'PX', math.max(1, ttl))
-  end
-end
-
--- Give-backs (mode "2") first: they are exact inverses of what an earlier call took.
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * N
-  if ARGV[a + 4] == '2' then
-    local algo, win, limit, hits = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local taken = tonumber(ARGV[a + 7])
-    if algo == 'f' then
-      -- The window the hits went into, unless it has ended.
-      local name = fixed_name(KEYS[i], win, taken)
-      local ends = taken - (taken % win) + win
-      if ends > now then
-        local count = math.max(0, tonumber(redis.call('GET', name) or '0') - hits)
-        if count == 0 then
-          redis.call('DEL', name)
-        else
-          redis.call('SET', name, fmt(count), 'PX', ends - now)
-        end
-      end
-    elseif algo == 's' then
-      -- Entries with one time are interchangeable: removing `hits` of them is exact.
-      redis.call('LREM', KEYS[i] .. ':' .. fmt(win) .. ':s', hits, fmt(taken))
-    else
-      -- Untouched since that call: returning the tokens is exact (the debt only drained
-      -- since, and a drain to zero clamps the same with or without our hits). Touched by
-      -- others meanwhile: the bucket may have been full without our hits and refilled
-      -- less than it seems, so return only what cannot have been refilled since; a
-      -- returned token must never let the bucket run ahead of its real history.
-      local name = KEYS[i] .. ':' .. fmt(win) .. ':b'
-      local v = redis.call('GET', name)
-      if v then
-        local at = tonumber(string.sub(v, string.find(v, ' ') + 1))
-        local give = hits * win
-        if at ~= taken then
-          give = give - limit * math.max(0, now - taken)
-        end
-        if give > 0 then
-          write_bucket(name, math.max(0, bucket_debt(name, limit) - give), limit, win)
-        end
-      end
-    end
-  end
-end
-
--- Pass 1: simulate the batch in order (counters may share state), deciding each one.
-local sims = {}
-local names = {}
-local out = {now, 0}
-
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * N
-  local algo, win, limit, hits = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local mode = ARGV[a + 4]
-  local negative = mode == '1'
-  local enforce = ARGV[a + 5] == '1'
-  local before, after, over, reset, remaining = 0, 0, false, 0, 0
-
-  if mode == '2' then
-    names[i] = false
-  elseif algo == 'f' then
-    local name = fixed_name(KEYS[i], win, now)
-    names[i] = name
-    local s = sims[name]
-    if not s then
-      local c = tonumber(redis.call('GET', name) or '0')
-      s = {kind = 'f', stored = c, count = c, reset = now - (now % win) + win - now}
-      sims[name] = s
-    end
-    before = s.count
-    over = (not negative) and (limit == 0 or before + hits > limit)
-    if negative then after = math.max(before - hits, 0) else after = before + hits end
-    s.count = after
-    reset = s.reset
-    remaining = math.max(0, limit - after)
-  elseif algo == 's' then
-    local name = KEYS[i] .. ':' .. fmt(win) .. ':s'
-    names[i] = name
-    local s = sims[name]
-    if not s then
-      -- A hit at t counts in (t, t + window]: drop the ones that have left (oldest last).
-      local last = redis.call('LINDEX', name, -1)
-      while last and tonumber(last) + win <= now do
-        redis.call('RPOP', name)
-        last = redis.call('LINDEX', name, -1)
-      end
-      s = {kind = 's', win = win, stored = redis.call('LLEN', name), pop = 0, add = 0}
-      sims[name] = s
-    end
-    -- The k-th oldest hit of the simulated log: a kept stored one, or one logged now.
-    local function kth(k)
-      if k <= s.stored - s.pop then
-        return tonumber(redis.call('LINDEX', name, -k))
-      end
-      return now
-    end
-    local count = s.stored - s.pop + s.add
-    before = count
-    over = (not negative) and (limit == 0 or count + hits > limit)
-    if over then
-      if limit == 0 or hits > limit then
-        if count == 0 then reset = win else reset = kth(count) + win - now end
-      else
-        reset = kth(count + hits - limit) + win - now
-      end
-    end
-    if negative then
-      local from_new = math.min(hits, s.add)
-      local from_stored = math.min(hits - from_new, s.stored - s.pop)
-      s.add = s.add - from_new
-      s.pop = s.pop + from_stored
-      after = count - from_new - from_stored
-    else
-      -- A shadow-mode log counts past its limit, but one entry past it is enough to stay
-      -- over: the log never holds more than limit + 1 entries.
-      local logged = hits
-      if over then logged = math.min(hits, math.max(0, limit + 1 - count)) end
-      s.add = s.add + logged
-      after = count + logged
-    end
-    if not over then
-      if after == 0 then reset = 0 else reset = kth(1) + win - now end
-    end
-    remaining = math.max(0, limit - after)
-  else
-    local name = KEYS[i] .. ':' .. fmt(win) .. ':b'
-    names[i] = name
-    local s = sims[name]
-    if not s then
-      local d = bucket_debt(name, limit)
-      s = {kind = 'b', stored = d, debt = d, limit = limit, win = win}
-      sims[name] = s
-    end
-    local cap = tonumber(ARGV[a + 6])
-    local full = cap * win
-    local function tokens(d)
-      return math.min(cap, math.floor(math.max(0, full - d) / win))
-    end
-    local debt = s.debt
-    over = (not negative) and (limit == 0 or hits > cap or debt + hits * win > full)
-    local new_debt
-    if negative then new_debt = math.max(0, debt - hits * win) else new_debt = debt + hits * win end
-    -- A shadow-mode bucket counts past its capacity; keep its debt an exact integer.
-    new_debt = math.min(new_debt, MAX_EXACT)
-    if limit == 0 then
-      reset = win
-    elseif over and hits > cap then
-      reset = ceil_div(debt, limit)
-    elseif over then
-      reset = ceil_div(debt + hits * win - full, limit)
-    elseif new_debt == 0 then
-      reset = 0
-    else
-      local tk = tokens(new_debt)
-      if tk >= cap then
-        reset = 0
-      else
-        reset = ceil_div(new_debt - (cap - tk - 1) * win, limit)
-      end
-    end
-    before = cap - tokens(debt)
-    after = cap - tokens(new_debt)
-    remaining = tokens(new_debt)
-    s.debt = new_debt
-  end
-
-  if over and enforce then
-    blocked = true
-  end
-  out[#out + 1] = before
-  out[#out + 1] = after
-  out[#out + 1] = over and 1 or 0
-  out[#out + 1] = reset
-  out[#out + 1] = remaining
-end
-
-if blocked then
-  -- Nothing is counted: report what is stored (a later counter sharing state with an
-  -- earlier one saw its hits in pass 1).
+local function decode()
+  local counters = {}
   for i = 1, #KEYS do
-    local s = names[i] and sims[names[i]]
-    if s then
-      local a = 2 + (i - 1) * N
-      local win, limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-      local o = 3 + (i - 1) * 5
-      local over = out[o + 2] == 1
-      if s.kind == 'f' then
-        out[o], out[o + 1] = s.stored, s.stored
-        out[o + 4] = math.max(0, limit - s.stored)
-      elseif s.kind == 's' then
-        out[o], out[o + 1] = s.stored, s.stored
-        out[o + 4] = math.max(0, limit - s.stored)
-        if not over then
-          if s.stored == 0 then
-            out[o + 3] = 0
-          else
-            out[o + 3] = tonumber(redis.call('LINDEX', names[i], -1)) + win - now
-          end
-        end
-      else
-        local cap = tonumber(ARGV[a + 6])
-        local tk = math.min(cap, math.floor(math.max(0, cap * win - s.stored) / win))
-        out[o], out[o + 1] = cap - tk, cap - tk
-        out[o + 4] = tk
-        if not over then
-          if s.stored == 0 or tk >= cap then
-            out[o + 3] = 0
-          elseif limit == 0 then
-            out[o + 3] = win
-          else
-            out[o + 3] = ceil_div(s.stored - (cap - tk - 1) * win, limit)
-          end
-        end
-      end
-    end
+    local a = 1 + (i - 1) * FIELDS
+    counters[i] = {
+      key = KEYS[i],
+      algorithm = ARGV[a + 1],
+      win = tonumber(ARGV[a + 2]),
+      limit = tonumber(ARGV[a + 3]),
+      hits = tonumber(ARGV[a + 4]),
+      negative = ARGV[a + 5] == '1',
+      enforce = ARGV[a + 6] == '1',
+      capacity = tonumber(ARGV[a + 7]),
+    }
+  end
+  return ARGV[1] == '1', counters
+end
+
+local function reply(committed, states)
+  local out = {now, committed and 1 or 0}
+  for _, s in ipairs(states) do
+    out[#out + 1] = s.before
+    out[#out + 1] = s.after
+    out[#out + 1] = s.over and 1 or 0
+    out[#out + 1] = s.reset
+    out[#out + 1] = s.remaining
   end
   return out
 end
 
--- Pass 2: count everything.
-out[2] = 1
-for name, s in pairs(sims) do
-  if s.kind == 'f' then
-    if s.count ~= s.stored then
-      if s.count == 0 then
-        redis.call('DEL', name)
-      else
-        redis.call('SET', name, fmt(s.count), 'PX', s.reset)
-      end
-    end
-  elseif s.kind == 's' then
-    if s.pop > 0 then
-      redis.call('LTRIM', name, s.pop, -1)
-    end
-    if s.add > 0 then
-      local stamp = fmt(now)
-      local left = s.add
-      while left > 0 do
-        local chunk = {}
-        for j = 1, math.min(left, 1000) do chunk[j] = stamp end
-        redis.call('LPUSH', name, unpack(chunk))
-        left = left - #chunk
-      end
-      redis.call('PEXPIRE', name, s.win)
-    elseif s.pop > 0 then
-      local newest = redis.call('LINDEX', name, 0)
-      if newest then
-        redis.call('PEXPIRE', name, math.max(1, tonumber(newest) + s.win - now))
-      end
-    end
+-- A copy of `c` with 0 hits: how the blocked report reads a counter.
+local function check_only(c)
+  local o = {}
+  for k, v in pairs(c) do o[k] = v end
+  o.hits = 0
+  o.negative = false
+  return o
+end
+
+-- A blocked batch's report of a counter: its own verdict (over, and then the wait until it
+-- fits), the rest as stored.
+local function blocked_report(decided, stored)
+  local reset = stored.reset
+  if decided.over then reset = decided.reset end
+  return {before = stored.before, after = stored.before, over = decided.over, reset = reset,
+          remaining = stored.remaining}
+end
+
+-- Fixed window ------------------------------------------------------------------------
+
+function fixed.slot(c)
+  return fixed.name(c.key, c.win, now)
+end
+
+function fixed.load(c, name)
+  local n = tonumber(redis.call('GET', name) or '0')
+  return {name = name, stored = n, count = n, reset = now - (now % c.win) + c.win - now}
+end
+
+function fixed.decide(c, sim)
+  local count = sim.count
+  local over = (not c.negative) and (c.limit == 0 or count + c.hits > c.limit)
+  local after
+  if c.negative then after = math.max(count - c.hits, 0) else after = count + c.hits end
+  local state = {before = count, after = after, over = over, reset = sim.reset,
+                 remaining = math.max(0, c.limit - after)}
+  return state, {name = sim.name, stored = sim.stored, count = after, reset = sim.reset}
+end
+
+function fixed.commit(sim)
+  if sim.count == sim.stored then return end
+  if sim.count == 0 then
+    redis.call('DEL', sim.name)
   else
-    if s.debt ~= s.stored then
-      write_bucket(name, s.debt, s.limit, s.win)
+    redis.call('SET', sim.name, fmt(sim.count), 'PX', sim.reset)
+  end
+end
+
+-- Sliding window ----------------------------------------------------------------------
+-- A sim: `stored` logged hits in the window; of them the newest `pop` are to be removed,
+-- and `add` hits at now are to be logged.
+
+function sliding.slot(c)
+  return sliding.name(c.key, c.win)
+end
+
+function sliding.load(c, name)
+  -- A hit at t counts in (t, t + window]: drop the ones that have left (oldest last).
+  local last = redis.call('LINDEX', name, -1)
+  while last and tonumber(last) + c.win <= now do
+    redis.call('RPOP', name)
+    last = redis.call('LINDEX', name, -1)
+  end
+  return {name = name, win = c.win, stored = redis.call('LLEN', name), pop = 0, add = 0}
+end
+
+-- The k-th oldest hit (1-based) of a log whose newest `pop` stored hits are removed: a
+-- kept stored one, or one logged now.
+local function kth(sim, k, pop)
+  if k <= sim.stored - pop then
+    return tonumber(redis.call('LINDEX', sim.name, -k))
+  end
+  return now
+end
+
+function sliding.decide(c, sim)
+  local limit, hits, win = c.limit, c.hits, c.win
+  local stored, pop, add = sim.stored, sim.pop, sim.add
+  local count = stored - pop + add
+  local over = (not c.negative) and (limit == 0 or count + hits > limit)
+  local after
+  if c.negative then
+    local from_new = math.min(hits, add)
+    local from_stored = math.min(hits - from_new, stored - pop)
+    add = add - from_new
+    pop = pop + from_stored
+    after = count - from_new - from_stored
+  else
+    -- A shadow-mode log counts past its limit, but one entry past it is enough to stay
+    -- over: the log never holds more than limit + 1 entries.
+    local logged = hits
+    if over then logged = math.min(hits, math.max(0, limit + 1 - count)) end
+    add = add + logged
+    after = count + logged
+  end
+  local reset
+  if over then
+    if limit == 0 or hits > limit then
+      -- Never fits: the time until the log is empty.
+      if count == 0 then reset = win else reset = kth(sim, count, pop) + win - now end
+    else
+      -- The oldest `count + hits - limit` hits must leave first.
+      reset = kth(sim, count + hits - limit, pop) + win - now
+    end
+  elseif after == 0 then
+    reset = 0
+  else
+    reset = kth(sim, 1, pop) + win - now
+  end
+  local state = {before = count, after = after, over = over, reset = math.max(0, reset),
+                 remaining = math.max(0, limit - after)}
+  return state, {name = sim.name, win = win, stored = stored, pop = pop, add = add}
+end
+
+function sliding.commit(sim)
+  if sim.pop > 0 then
+    redis.call('LTRIM', sim.name, sim.pop, -1)
+  end
+  if sim.add > 0 then
+    local stamp = fmt(now)
+    local left = sim.add
+    while left > 0 do
+      local chunk = {}
+      for j = 1, math.min(left, 1000) do chunk[j] = stamp end
+      redis.call('LPUSH', sim.name, unpack(chunk))
+      left = left - #chunk
+    end
+    redis.call('PEXPIRE', sim.name, sim.win)
+  elseif sim.pop > 0 then
+    local newest = redis.call('LINDEX', sim.name, 0)
+    if newest then
+      redis.call('PEXPIRE', sim.name, math.max(1, tonumber(newest) + sim.win - now))
     end
   end
 end
-return out
+
+-- Token bucket ------------------------------------------------------------------------
+-- A sim: the debt as stored (drained to now), and after the batch's ops so far.
+
+function bucket.slot(c)
+  return bucket.name(c.key, c.win)
+end
+
+function bucket.load(c, name)
+  local d = bucket.debt_now(name, c.limit)
+  return {name = name, stored = d, debt = d, limit = c.limit, win = c.win}
+end
+
+function bucket.decide(c, sim)
+  local limit, hits, win, cap, debt = c.limit, c.hits, c.win, c.capacity, sim.debt
+  local full = cap * win
+  local function tokens(d)
+    return math.min(cap, math.floor(math.max(0, full - d) / win))
+  end
+  local over = (not c.negative) and (limit == 0 or hits > cap or debt + hits * win > full)
+  local new_debt
+  if c.negative then new_debt = math.max(0, debt - hits * win) else new_debt = debt + hits * win end
+  -- A shadow-mode bucket counts past its capacity; keep its debt an exact integer.
+  new_debt = math.min(new_debt, MAX_EXACT)
+  local reset
+  if limit == 0 then
+    reset = win
+  elseif over and hits > cap then
+    -- Never fits: the time until the bucket is full.
+    reset = ceil_div(debt, limit)
+  elseif over then
+    reset = ceil_div(debt + hits * win - full, limit)
+  elseif new_debt == 0 then
+    reset = 0
+  else
+    local tk = tokens(new_debt)
+    if tk >= cap then
+      reset = 0
+    else
+      reset = ceil_div(new_debt - (cap - tk - 1) * win, limit)
+    end
+  end
+  local state = {before = cap - tokens(debt), after = cap - tokens(new_debt), over = over,
+                 reset = reset, remaining = tokens(new_debt)}
+  return state, {name = sim.name, stored = sim.stored, debt = new_debt, limit = sim.limit,
+                 win = sim.win}
+end
+
+function bucket.commit(sim)
+  if sim.debt ~= sim.stored then
+    bucket.write(sim.name, sim.debt, sim.limit, sim.win)
+  end
+end
+
+-- The batch ---------------------------------------------------------------------------
+
+local ALGORITHMS = {f = fixed, s = sliding, b = bucket}
+
+local dry_run, counters = decode()
+-- Per state key: the sim as loaded, the sim after the ops so far, its algorithm; `order`
+-- lists the keys by first use, so commits run in a stable order.
+local loaded, sims, kinds, order, states = {}, {}, {}, {}, {}
+local blocked = dry_run
+for i, c in ipairs(counters) do
+  local algorithm = ALGORITHMS[c.algorithm]
+  local slot = algorithm.slot(c)
+  c.slot = slot
+  if not sims[slot] then
+    loaded[slot] = algorithm.load(c, slot)
+    sims[slot] = loaded[slot]
+    kinds[slot] = algorithm
+    order[#order + 1] = slot
+  end
+  local state
+  state, sims[slot] = algorithm.decide(c, sims[slot])
+  states[i] = state
+  if state.over and c.enforce then blocked = true end
+end
+
+if blocked then
+  for i, c in ipairs(counters) do
+    local stored = ALGORITHMS[c.algorithm].decide(check_only(c), loaded[c.slot])
+    states[i] = blocked_report(states[i], stored)
+  end
+  return reply(false, states)
+end
+
+for _, slot in ipairs(order) do
+  kinds[slot].commit(sims[slot])
+end
+return reply(true, states)

@@ -5,16 +5,14 @@
 //! [`CounterStore`] and passes the same conformance suite as the memory store.
 //!
 //! Single node: one script call per request, whatever the number of counters (one round
-//! trip). Cluster: counters are grouped by hash tag (`{domain:endpoint}`), one script per
-//! group runs concurrently; when some groups count and another is over limit, the groups
-//! that counted are given their hits back (an exact inverse per algorithm: `give_back`), so a
-//! rejected request still consumes nothing.
+//! trip). Redis Cluster: one script per hash tag, concurrently, and a give-back where a
+//! request rejected on one slot was counted on another (`cluster.rs`).
 
 mod breaker;
+mod cluster;
 mod script;
 pub mod url;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +21,6 @@ use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, IntoConnectionInfo, TlsCertificates};
 use arc_swap::ArcSwapOption;
-use futures_util::future::join_all;
 
 use crate::limiter::{BatchOutcome, CounterOp, CounterStore, StoreError, StoreFuture};
 use breaker::Breaker;
@@ -188,7 +185,7 @@ impl RedisStore {
                 }
                 let client = builder.build().map_err(bad)?;
                 let slot = Arc::new(ArcSwapOption::empty());
-                tokio::spawn(connect_cluster(client, slot.clone(), described.clone()));
+                tokio::spawn(cluster::connect(client, slot.clone(), described.clone()));
                 Connection::Cluster(slot)
             }
         };
@@ -257,124 +254,6 @@ impl RedisStore {
             .await?;
         script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)
     }
-
-    async fn apply_cluster(
-        &self,
-        ops: &[CounterOp],
-        dry_run: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        // One group per hash tag: every key of a group is on one slot, so one script sees them.
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, op) in ops.iter().enumerate() {
-            groups.entry(hash_tag(op.key.as_str())).or_default().push(i);
-        }
-        if groups.len() == 1 {
-            let all: Vec<&CounterOp> = ops.iter().collect();
-            return self.run_script(&all, dry_run).await;
-        }
-        let groups: Vec<Vec<usize>> = groups.into_values().collect();
-        let results = join_all(groups.iter().map(|idx| {
-            let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
-            async move { self.run_script(&group, dry_run).await }
-        }))
-        .await;
-
-        let mut states = vec![None; ops.len()];
-        let mut now_ms = 0;
-        let mut all_committed = !dry_run;
-        let mut failure = None;
-        for (idx, r) in groups.iter().zip(&results) {
-            match r {
-                Ok(out) => {
-                    now_ms = now_ms.max(out.now_ms);
-                    all_committed &= out.committed;
-                    for (&i, s) in idx.iter().zip(&out.states) {
-                        states[i] = Some(*s);
-                    }
-                }
-                Err(e) => failure = Some(e.clone()),
-            }
-        }
-        if failure.is_some() || !all_committed {
-            // Give back what the groups that counted took: a rejected request consumes nothing.
-            self.give_back(&groups, &results, ops).await;
-            for s in states.iter_mut().flatten() {
-                // As if nothing had been counted: what is left before this request.
-                s.remaining = (s.remaining + s.after).saturating_sub(s.before);
-                s.after = s.before;
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        Ok(BatchOutcome {
-            now_ms,
-            committed: all_committed,
-            states: states.into_iter().map(Option::unwrap_or_default).collect(),
-        })
-    }
-
-    /// Undoes what the groups that counted took, when another group rejected the request or
-    /// failed. Each algorithm gets an exact inverse (see the script's mode "2"): a fixed
-    /// window's count goes down in the window the hits went into, a sliding log loses the
-    /// entries logged at that call's time, a bucket gets back the tokens it has not refilled
-    /// since (never more, so it never runs ahead of its real history).
-    async fn give_back(
-        &self,
-        groups: &[Vec<usize>],
-        results: &[Result<BatchOutcome, StoreError>],
-        ops: &[CounterOp],
-    ) {
-        for (idx, r) in groups.iter().zip(results) {
-            let Ok(out) = r else { continue };
-            if !out.committed {
-                continue;
-            }
-            let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
-            let inv = script::give_back_invocation(&self.key_prefix, &group, out.now_ms);
-            let result: Result<Vec<i64>, StoreError> = match self.live() {
-                Ok(mut conn) => {
-                    self.guarded(async move { inv.invoke_async(&mut conn).await })
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "could not give back the hits of a rejected cross-slot request");
-            }
-        }
-    }
-}
-
-/// The Redis Cluster hash tag of a key: the text between its first `{` and the next `}`.
-fn hash_tag(key: &str) -> &str {
-    key.split_once('{')
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map_or(key, |(tag, _)| tag)
-}
-
-async fn connect_cluster(
-    client: ClusterClient,
-    slot: Arc<ArcSwapOption<ClusterConnection>>,
-    described: String,
-) {
-    let mut logged = false;
-    loop {
-        match client.get_async_connection().await {
-            Ok(conn) => {
-                slot.store(Some(Arc::new(conn)));
-                tracing::info!(redis = %described, "connected to the Redis Cluster");
-                return;
-            }
-            Err(e) => {
-                if !logged {
-                    tracing::warn!(redis = %described, error = %e, "cannot reach the Redis Cluster yet; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
-            }
-        }
-    }
 }
 
 /// While the circuit is open, pings Redis every [`PROBE_INTERVAL`]; the first answer closes
@@ -435,17 +314,5 @@ impl CounterStore for RedisStore {
             Connection::Single(_) => "redis",
             Connection::Cluster(_) => "redis-cluster",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_tags() {
-        assert_eq!(hash_tag("rls:{kcse:ep}:p:/a:c:x"), "kcse:ep");
-        assert_eq!(hash_tag("{a}"), "a");
-        assert_eq!(hash_tag("plain"), "plain");
     }
 }

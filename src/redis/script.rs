@@ -1,19 +1,34 @@
-//! The check-and-count script (`check_and_count.lua`): how a batch becomes KEYS/ARGV, and
-//! how the reply becomes a [`BatchOutcome`].
+//! The Lua scripts: `check_and_count.lua` (the one call per request) and `give_back.lua`
+//! (the Redis Cluster undo), each run after `common.lua`; how a batch becomes their KEYS
+//! and ARGV, and how a reply becomes a [`BatchOutcome`]. The field order here is the one
+//! the scripts' `decode()` reads.
 
 use std::sync::LazyLock;
 
 use crate::config::Algorithm;
 use crate::limiter::{BatchOutcome, CounterOp, CounterState};
 
-/// The script, loaded once; invoked by SHA (EVALSHA), reloaded on NOSCRIPT by the client.
-pub static CHECK_AND_COUNT: LazyLock<::redis::Script> =
-    LazyLock::new(|| ::redis::Script::new(include_str!("check_and_count.lua")));
+/// The check-and-count script, loaded once; invoked by SHA (EVALSHA), reloaded on NOSCRIPT
+/// by the client.
+pub static CHECK_AND_COUNT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(concat!(
+        include_str!("common.lua"),
+        include_str!("check_and_count.lua")
+    ))
+});
+
+/// The give-back script (Redis Cluster: undoing a slot's count of a rejected request).
+pub static GIVE_BACK: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(concat!(
+        include_str!("common.lua"),
+        include_str!("give_back.lua")
+    ))
+});
 
 /// Lua numbers are doubles: counts and hits stay exact below 2^53.
 const MAX_EXACT: u64 = (1 << 53) - 1;
 
-/// Builds one invocation for `ops`; each key is `prefix:` + the counter key.
+/// Builds one check-and-count call for `ops`; each key is `prefix:` + the counter key.
 pub fn invocation<'a>(
     prefix: &str,
     ops: &[&CounterOp],
@@ -22,60 +37,50 @@ pub fn invocation<'a>(
     let mut inv = CHECK_AND_COUNT.prepare_invoke();
     inv.arg(if dry_run { "1" } else { "0" });
     for op in ops {
-        push(
-            &mut inv,
-            prefix,
-            op,
-            if op.negative { "1" } else { "0" },
-            op.enforce,
-            0,
-        );
+        inv.key(format!("{prefix}:{}", op.key));
+        inv.arg(algorithm(op))
+            .arg(window_ms(op))
+            .arg(op.limit.min(MAX_EXACT))
+            .arg(op.hits.min(MAX_EXACT))
+            .arg(if op.negative { "1" } else { "0" })
+            .arg(if op.enforce { "1" } else { "0" })
+            .arg(op.capacity.min(MAX_EXACT));
     }
     inv
 }
 
-/// Builds the invocation that undoes what `ops` did in a call that answered at `taken_ms`
-/// (server time): hits taken are given back exactly (mode "2"), hits given back are taken
-/// again, without enforcing a limit.
+/// Builds the give-back call returning the hits `ops` took in a check-and-count call that
+/// counted at `taken_ms` (server time). Only for ops that took hits (not negative ones).
 pub fn give_back_invocation<'a>(
     prefix: &str,
     ops: &[&CounterOp],
     taken_ms: u64,
 ) -> ::redis::ScriptInvocation<'a> {
-    let mut inv = CHECK_AND_COUNT.prepare_invoke();
-    inv.arg("0");
+    let mut inv = GIVE_BACK.prepare_invoke();
+    inv.arg(taken_ms);
     for op in ops {
-        let mode = if op.negative { "0" } else { "2" };
-        push(&mut inv, prefix, op, mode, false, taken_ms);
+        inv.key(format!("{prefix}:{}", op.key));
+        inv.arg(algorithm(op))
+            .arg(window_ms(op))
+            .arg(op.limit.min(MAX_EXACT))
+            .arg(op.hits.min(MAX_EXACT));
     }
     inv
 }
 
-fn push(
-    inv: &mut ::redis::ScriptInvocation<'_>,
-    prefix: &str,
-    op: &CounterOp,
-    mode: &str,
-    enforce: bool,
-    taken_ms: u64,
-) {
-    let algorithm = match op.algorithm {
+fn algorithm(op: &CounterOp) -> &'static str {
+    match op.algorithm {
         Algorithm::FixedWindow => "f",
         Algorithm::SlidingWindow => "s",
         Algorithm::TokenBucket => "b",
-    };
-    inv.key(format!("{prefix}:{}", op.key));
-    inv.arg(algorithm)
-        .arg(op.window_secs.max(1).saturating_mul(1000).min(MAX_EXACT))
-        .arg(op.limit.min(MAX_EXACT))
-        .arg(op.hits.min(MAX_EXACT))
-        .arg(mode)
-        .arg(if enforce { "1" } else { "0" })
-        .arg(op.capacity.min(MAX_EXACT))
-        .arg(taken_ms);
+    }
 }
 
-/// Parses the script's reply for `n` counters.
+fn window_ms(op: &CounterOp) -> u64 {
+    op.window_secs.max(1).saturating_mul(1000).min(MAX_EXACT)
+}
+
+/// Parses the check-and-count reply for `n` counters.
 pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
     if reply.len() != 2 + 5 * n {
         return Err(format!(
@@ -99,7 +104,6 @@ pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
             .collect(),
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,289 @@
+//! The differential property test: random batches applied step by step to the memory store
+//! (the reference, src/limiter/memory.rs) and to a real Redis store on a real
+//! `redis-server` (src/redis/check_and_count.lua), comparing everything a batch answers
+//! after every step: committed, and per op before, after, over, remaining and reset.
+//!
+//! The batches mix what the two implementations must agree on: ops sharing a counter within
+//! a batch, several algorithms and windows on one key, negative hits, shadow (non-enforcing)
+//! ops, dry runs, limit 0, hits 0, long windows (hours, days, a month) and one-second ones.
+//!
+//! Time: the Redis store reads the server's clock (`TIME`), so each step runs on Redis first
+//! and the memory store's [`ManualClock`] is then set to the `now_ms` Redis answered: both
+//! decide at the same instant. Some steps first let real time pass (up to 0.7 s) so that
+//! one- and two-second windows end, logs slide and buckets refill between steps; that wait
+//! is the input being generated (time moving), not a wait for something to happen.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use integration_tests::redis::RedisServer;
+use ironclad_rls::config::Algorithm;
+use ironclad_rls::descriptor::{CounterKey, CounterScope};
+use ironclad_rls::limiter::{BatchOutcome, CounterOp, CounterStore, ManualClock, MemoryStore};
+use ironclad_rls::redis::{RedisOptions, RedisStore, RedisTarget};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+/// Cases per run (each counts in keys of its own); `DIFFERENTIAL_CASES` asks for more, for a
+/// longer hunt.
+fn case_count() -> u32 {
+    std::env::var("DIFFERENTIAL_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(48)
+}
+
+/// One counter of a scenario: several may share a key (`name`) with other algorithms or
+/// windows, which must never share state.
+#[derive(Debug, Clone)]
+struct Counter {
+    name: u8,
+    algorithm: Algorithm,
+    window_secs: u64,
+    limit: u64,
+    capacity: u64,
+}
+
+/// One op of a batch, on one of the scenario's counters.
+#[derive(Debug, Clone)]
+struct Op {
+    counter: usize,
+    hits: u64,
+    negative: bool,
+    enforce: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    /// Real time to let pass before the step, ms.
+    gap_ms: u64,
+    dry_run: bool,
+    ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    counters: Vec<Counter>,
+    steps: Vec<Step>,
+}
+
+fn algorithm() -> impl Strategy<Value = Algorithm> {
+    prop_oneof![
+        Just(Algorithm::FixedWindow),
+        Just(Algorithm::SlidingWindow),
+        Just(Algorithm::TokenBucket),
+    ]
+}
+
+fn window_secs() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => Just(1u64),
+        2 => Just(2),
+        1 => Just(60),
+        1 => Just(3_600),
+        1 => Just(86_400),
+        1 => Just(30 * 86_400),
+    ]
+}
+
+fn limit() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1 => Just(0u64),
+        6 => 1u64..8,
+        2 => 8u64..100,
+    ]
+}
+
+fn hits() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        2 => Just(0u64),
+        8 => 1u64..4,
+        2 => 4u64..20,
+    ]
+}
+
+fn counter() -> impl Strategy<Value = Counter> {
+    (
+        0u8..3,
+        algorithm(),
+        window_secs(),
+        limit(),
+        prop::option::of(1u64..12),
+    )
+        .prop_map(|(name, algorithm, window_secs, limit, burst)| Counter {
+            name,
+            algorithm,
+            window_secs,
+            limit,
+            capacity: burst.unwrap_or(limit),
+        })
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    prop::collection::vec(counter(), 1..5).prop_flat_map(|counters| {
+        let n = counters.len();
+        let op = (
+            0..n,
+            hits(),
+            prop::bool::weighted(0.15),
+            prop::bool::weighted(0.8),
+        )
+            .prop_map(|(counter, hits, negative, enforce)| Op {
+                counter,
+                hits,
+                negative,
+                enforce,
+            });
+        let step = (
+            prop_oneof![9 => Just(0u64), 1 => 1u64..700],
+            prop::bool::weighted(0.1),
+            prop::collection::vec(op, 1..5),
+        )
+            .prop_map(|(gap_ms, dry_run, ops)| Step {
+                gap_ms,
+                dry_run,
+                ops,
+            });
+        (Just(counters), prop::collection::vec(step, 1..24))
+            .prop_map(|(counters, steps)| Scenario { counters, steps })
+    })
+}
+
+/// The ops of one step, with keys under `namespace`.
+fn ops(namespace: &str, scenario: &Scenario, step: &Step) -> Vec<CounterOp> {
+    step.ops
+        .iter()
+        .map(|op| {
+            let c = &scenario.counters[op.counter];
+            CounterOp {
+                key: CounterKey::new(namespace, &format!("k{}", c.name), &CounterScope::Overall),
+                window_secs: c.window_secs,
+                algorithm: c.algorithm,
+                limit: c.limit,
+                capacity: c.capacity,
+                hits: op.hits,
+                negative: op.negative,
+                enforce: op.enforce,
+            }
+        })
+        .collect()
+}
+
+/// Runs a scenario through both stores; the first difference fails the case.
+fn run_case(
+    rt: &tokio::runtime::Runtime,
+    redis: &RedisStore,
+    namespace: &str,
+    scenario: &Scenario,
+) -> Result<(), TestCaseError> {
+    let clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::new(clock.clone());
+    for (i, step) in scenario.steps.iter().enumerate() {
+        if step.gap_ms > 0 {
+            std::thread::sleep(Duration::from_millis(step.gap_ms));
+        }
+        let ops = ops(namespace, scenario, step);
+        let remote: BatchOutcome = rt
+            .block_on(redis.apply(&ops, step.dry_run))
+            .map_err(|e| TestCaseError::fail(format!("Redis store failed: {e}")))?;
+        clock.set_ms(remote.now_ms);
+        let local = memory.apply_now(&ops, step.dry_run);
+        prop_assert_eq!(
+            &local,
+            &remote,
+            "step {} (memory store left, Redis right), ops {:?}, dry run {}",
+            i,
+            step.ops,
+            step.dry_run
+        );
+    }
+    Ok(())
+}
+
+/// Scenarios worth running every time, whatever the random ones draw.
+fn known_cases() -> Vec<Scenario> {
+    let op = |counter, hits, negative, enforce| Op {
+        counter,
+        hits,
+        negative,
+        enforce,
+    };
+    let step = |gap_ms, ops| Step {
+        gap_ms,
+        dry_run: false,
+        ops,
+    };
+    vec![
+        // A shadow op on a bucket of limit 0 (it never refills), read again after its
+        // window.
+        Scenario {
+            counters: vec![Counter {
+                name: 0,
+                algorithm: Algorithm::TokenBucket,
+                window_secs: 1,
+                limit: 0,
+                capacity: 3,
+            }],
+            steps: vec![
+                step(0, vec![op(0, 1, false, false)]),
+                step(700, vec![op(0, 0, false, true)]),
+                step(700, vec![op(0, 0, false, true)]),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn the_memory_and_redis_stores_answer_every_batch_alike() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let store = rt.block_on(async {
+        let store = RedisStore::new(RedisOptions {
+            target: RedisTarget::Single(server.url()),
+            password: None,
+            ca_pem: None,
+            timeout: Duration::from_secs(5),
+            key_prefix: "diff".into(),
+        })
+        .expect("Redis store");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis store never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+    });
+    let cases = AtomicU64::new(0);
+    for (i, scenario) in known_cases().iter().enumerate() {
+        if let Err(e) = run_case(&rt, &store, &format!("known{i}"), scenario) {
+            panic!("known case {i}: {e}\n{scenario:?}");
+        }
+    }
+    let mut runner = TestRunner::new(Config {
+        cases: case_count(),
+        // Shrinking replays cases against the live server; a few hundred runs is plenty.
+        max_shrink_iters: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&scenario(), |scenario| {
+        // Every run (shrinking included) counts in keys of its own.
+        let namespace = format!("case{}", cases.fetch_add(1, Ordering::Relaxed));
+        run_case(&rt, &store, &namespace, &scenario)
+    });
+    println!(
+        "{} runs (cases and shrinking steps)",
+        cases.load(Ordering::Relaxed)
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
