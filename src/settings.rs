@@ -135,11 +135,11 @@ pub struct ServeArgs {
     pub grpc_max_concurrent_streams: u32,
 
     /// How often an HTTP/2 PING checks that a gRPC peer still answers.
-    #[arg(long, env = "RLS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub grpc_keepalive_interval: Duration,
 
     /// How long a PING may go unanswered before the connection is closed.
-    #[arg(long, env = "RLS_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grpc_keepalive_timeout: Duration,
 
     /// gRPC connections accepted at once (with or without TLS, handshakes included). Past
@@ -155,12 +155,12 @@ pub struct ServeArgs {
 
     /// Send GOAWAY to a gRPC connection this old, so clients reconnect and spread over
     /// replicas added since (the reference's GRPC_MAX_CONNECTION_AGE). Off by default.
-    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
     pub grpc_max_connection_age: Option<Duration>,
 
     /// How long calls may still run on a connection after its GOAWAY for age; then it is
     /// closed.
-    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub grpc_max_connection_age_grace: Duration,
 
     /// A file holding a bearer token that `POST /json` and `GET /config` then require
