@@ -1,8 +1,8 @@
-//! The admin HTTP side (service.md §3): `/healthz`, `/readyz`, `/metrics`, `/config`, and
+//! The admin HTTP side (docs/service.md §3): `/healthz`, `/readyz`, `/metrics`, `/config`, and
 //! `POST /json` for clients that are not Envoy.
 //!
 //! The admin port is reachable from inside the cluster, so what can change quota is guarded
-//! (service.md §2, issue 13): with `--admin-token-file`, `/json` and `/config` require the
+//! (docs/service.md §2, issue 13): with `--admin-token-file`, `/json` and `/config` require the
 //! bearer token (`token.rs`); without it, `/json` refuses `is_negative_hits` and limit
 //! overrides, which would let any caller give quota back to, or raise the limit of, someone
 //! else's counter. A body over the bound is refused from its `Content-Length`, before a
@@ -29,7 +29,7 @@ use crate::limiter::{Code, RateLimiter, Snapshot};
 use crate::metrics::Metrics;
 use crate::service::{Decider, Refusal};
 
-pub use token::{AdminToken, TokenError};
+pub use token::AdminToken;
 
 /// Largest admin request body: a `POST /json` request is a RateLimitRequest, which gRPC
 /// bounds the same way.

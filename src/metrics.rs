@@ -1,4 +1,4 @@
-//! Prometheus metrics (service.md §3) in an explicit registry (no global state: every
+//! Prometheus metrics (docs/service.md §3) in an explicit registry (no global state: every
 //! service instance, and every test, has its own).
 //!
 //! Labels never carry unbounded request data: `rule` is a rule name from the configuration,
@@ -363,7 +363,7 @@ pub struct ListenerMetrics {
 }
 
 /// How many thresholds `t = value + k × step` (k ≥ 0, `t ≤ limit`) an increment from `before`
-/// to `after` crosses: `before < t ≤ after` (limits-format.md §6).
+/// to `after` crosses: `before < t ≤ after` (docs/limits-format.md §6).
 pub fn soft_crossings(before: u64, after: u64, value: u64, step: u64, limit: u64) -> u64 {
     let lo = before.saturating_add(1).max(value);
     let hi = after.min(limit);

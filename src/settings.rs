@@ -128,7 +128,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    // Connection and admin bounds (service.md §2 and §3; README "Bounds").
+    // Connection and admin bounds (docs/service.md §2 and §3; README "Bounds").
     /// HTTP/2 streams one gRPC connection may have open at once, announced in SETTINGS;
     /// a stream past it is refused (RST_STREAM REFUSED_STREAM).
     #[arg(long, env = "RLS_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]

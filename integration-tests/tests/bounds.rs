@@ -1,4 +1,4 @@
-//! Connection bounds through the real binary (service.md §2): the stream bound announced in
+//! Connection bounds through the real binary (docs/service.md §2): the stream bound announced in
 //! the server's SETTINGS and enforced; keepalive closing a peer that stops answering PINGs;
 //! GOAWAY at the maximum connection age and a hard close after its grace; `--max-connections`
 //! holding new connections back until one closes; `/healthz` and an open channel still

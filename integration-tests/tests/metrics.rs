@@ -1,5 +1,5 @@
 //! `/metrics` after known traffic: hits per rule and outcome, soft-threshold crossings
-//! counted exactly as limits-format.md §6 says (with the bounded consumer label), requests by
+//! counted exactly as docs/limits-format.md §6 says (with the bounded consumer label), requests by
 //! code, latency histograms, and the configuration gauges.
 
 use std::time::Duration;

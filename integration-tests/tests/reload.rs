@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use integration_tests::{Rls, eventually, request, wait_for_fresh_window};
 use ironclad_rls::proto::rate_limit_response::Code;
 
-/// Changes must be picked up within 2 s (service.md §4); the deadline adds slack for a busy
+/// Changes must be picked up within 2 s (docs/service.md §4); the deadline adds slack for a busy
 /// test machine, and the measured time is printed.
 const PICKUP: Duration = Duration::from_secs(4);
 

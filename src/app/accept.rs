@@ -1,4 +1,4 @@
-//! Accepting connections within a budget (service.md §2, "Connections are bounded").
+//! Accepting connections within a budget (docs/service.md §2, "Connections are bounded").
 //!
 //! Each listener has its own budget: a semaphore whose permit is taken **before** `accept`
 //! and held for the life of the connection (TLS handshake included). When the budget is

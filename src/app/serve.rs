@@ -25,7 +25,7 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// The gRPC server with the connection bounds of service.md §2: `max_concurrent_streams`
+/// The gRPC server with the connection bounds of docs/service.md §2: `max_concurrent_streams`
 /// announced in SETTINGS (h2 refuses a stream past it), keepalive PINGs that close a peer
 /// that stopped answering, GOAWAY at `--grpc-max-connection-age` and a hard close after the
 /// grace period (tonic's own grace option never sends the GOAWAY, so the grace is the
