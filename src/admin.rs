@@ -1,5 +1,14 @@
-//! The admin HTTP side (service.md §3): `/healthz`, `/readyz`, `/metrics`, `/config`, and
+//! The admin HTTP side (docs/service.md §3): `/healthz`, `/readyz`, `/metrics`, `/config`, and
 //! `POST /json` for clients that are not Envoy.
+//!
+//! The admin port is reachable from inside the cluster, so what can change quota is guarded
+//! (docs/service.md §2, issue 13): with `--admin-token-file`, `/json` and `/config` require the
+//! bearer token (`token.rs`); without it, `/json` refuses `is_negative_hits` and limit
+//! overrides, which would let any caller give quota back to, or raise the limit of, someone
+//! else's counter. A body over the bound is refused from its `Content-Length`, before a
+//! byte of it is read. Probes and `/metrics` stay open.
+
+pub mod token;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +16,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -18,6 +28,12 @@ use crate::grpc::{MAX_MESSAGE_BYTES, convert, json};
 use crate::limiter::{Code, RateLimiter, Snapshot};
 use crate::metrics::Metrics;
 use crate::service::{Decider, Refusal};
+
+pub use token::AdminToken;
+
+/// Largest admin request body: a `POST /json` request is a RateLimitRequest, which gRPC
+/// bounds the same way.
+pub const MAX_BODY_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// How long `/readyz` waits for the counter store before calling it unready.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -73,18 +89,79 @@ pub struct AdminState {
     pub decider: Decider,
     /// Add `RateLimit-*` headers to answers (`--response-headers`).
     pub response_headers: bool,
+    /// The token `/json` and `/config` require (`--admin-token-file`), if any.
+    pub token: Option<Arc<AdminToken>>,
 }
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    // The routes that show or change more than health, behind the token when there is one.
+    let guarded = Router::new()
+        .route("/config", get(config))
+        .route("/json", post(json_request))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/config", get(config))
         .route("/metrics", get(metrics))
-        .route("/json", post(json_request))
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+        .merge(guarded)
+        // A chunked body is still cut at the bound while it is read.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_large_bodies,
+        ))
         .with_state(state)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// 413 on a `Content-Length` over the bound, before the body is read.
+async fn refuse_large_bodies(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            s.metrics.admin_refused("too_large");
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a body of {n} bytes is over the bound of {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// 401 unless the request carries the admin token, when one is configured.
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else {
+        return next.run(req).await;
+    };
+    if token.admits(authorization(req.headers())) {
+        return next.run(req).await;
+    }
+    s.metrics.admin_refused("unauthorized");
+    let mut answer = error(
+        StatusCode::UNAUTHORIZED,
+        "this path requires `Authorization: Bearer <token>` with the token of --admin-token-file"
+            .into(),
+    );
+    answer.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    answer
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Whether the service can answer now; the reason when it cannot.
@@ -120,9 +197,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 /// `POST /json`: a RateLimitRequest in proto3 JSON → the RateLimitResponse as JSON, with 200
 /// for OK, 429 for OVER_LIMIT, 400 for bad input, 503 when the counter store failed.
 async fn json_request(State(s): State<AdminState>, body: Bytes) -> Response {
-    let bad = |status: StatusCode, message: String| {
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
-    };
+    let bad = error;
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
@@ -131,6 +206,18 @@ async fn json_request(State(s): State<AdminState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return bad(StatusCode::BAD_REQUEST, e),
     };
+    // Without a token anyone who reaches the port could refund or raise any counter.
+    let changes_quota = request
+        .descriptors
+        .iter()
+        .any(|d| d.is_negative_hits || d.limit_override.is_some());
+    if changes_quota && s.token.is_none() {
+        s.metrics.admin_refused("forbidden");
+        return bad(
+            StatusCode::FORBIDDEN,
+            "is_negative_hits and limit overrides change other callers' quota; /json accepts them only when the service runs with --admin-token-file and the request carries its token".into(),
+        );
+    }
     match s.decider.decide(&request).await {
         Ok(decision) => {
             let status = match decision.overall_code {

@@ -1,4 +1,4 @@
-//! Prometheus metrics (service.md §3) in an explicit registry (no global state: every
+//! Prometheus metrics (docs/service.md §3) in an explicit registry (no global state: every
 //! service instance, and every test, has its own).
 //!
 //! Labels never carry unbounded request data: `rule` is a rule name from the configuration,
@@ -10,8 +10,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+pub mod process;
 
 use crate::descriptor::ANONYMOUS;
 use crate::limiter::{
@@ -59,6 +62,11 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     last_success: Gauge,
+    connections: IntGaugeVec,
+    connection_limit: IntGaugeVec,
+    accept_waits: IntCounterVec,
+    accept_errors: IntCounterVec,
+    admin_refusals: IntCounterVec,
     near_limit_ratio: f64,
     consumers: Mutex<HashSet<String>>,
     detailed_rules: Mutex<HashSet<String>>,
@@ -138,6 +146,38 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )?;
         registry.register(Box::new(last_success.clone()))?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let connections = gauge(
+            "ratelimit_connections",
+            "Connections open now (handshakes included), per listener.",
+            &["listener"],
+        )?;
+        let connection_limit = gauge(
+            "ratelimit_connection_limit",
+            "Connections a listener accepts at once (its budget).",
+            &["listener"],
+        )?;
+        let accept_waits = counter(
+            "ratelimit_accept_waits_total",
+            "Times a listener's budget was full and it waited for a connection to close before accepting again.",
+            &["listener"],
+        )?;
+        let accept_errors = counter(
+            "ratelimit_accept_errors_total",
+            "Failed accepts: kind fd_limit (out of file descriptors, or of kernel memory) backs off; kind other is retried at once.",
+            &["listener", "kind"],
+        )?;
+        let admin_refusals = counter(
+            "ratelimit_admin_refusals_total",
+            "Admin requests refused: reason unauthorized (401), forbidden (403), too_large (413).",
+            &["reason"],
+        )?;
+        registry.register(Box::new(process::ProcessCollector::new()?))?;
         Ok(Metrics {
             registry,
             hits,
@@ -149,6 +189,11 @@ impl Metrics {
             reloads,
             generation,
             last_success,
+            connections,
+            connection_limit,
+            accept_waits,
+            accept_errors,
+            admin_refusals,
             near_limit_ratio,
             consumers: Mutex::new(HashSet::new()),
             detailed_rules: Mutex::new(HashSet::new()),
@@ -190,6 +235,27 @@ impl Metrics {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.last_success.set(unix_secs);
+    }
+
+    /// The metrics of one listener (`grpc` or `admin`), with its budget recorded.
+    pub fn listener(&self, listener: &str, budget: usize) -> ListenerMetrics {
+        self.connection_limit
+            .with_label_values(&[listener])
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        ListenerMetrics {
+            open: self.connections.with_label_values(&[listener]),
+            waits: self.accept_waits.with_label_values(&[listener]),
+            fd_limit: self
+                .accept_errors
+                .with_label_values(&[listener, "fd_limit"]),
+            other: self.accept_errors.with_label_values(&[listener, "other"]),
+        }
+    }
+
+    /// Counts an admin request refused for `reason` (`unauthorized`, `forbidden`,
+    /// `too_large`).
+    pub fn admin_refused(&self, reason: &str) {
+        self.admin_refusals.with_label_values(&[reason]).inc();
     }
 
     /// Counts every hit of a decided request per rule and outcome, and soft crossings.
@@ -283,8 +349,21 @@ impl Metrics {
     }
 }
 
+/// One listener's connection metrics, handed to its accept loop.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Times the budget was full.
+    pub waits: IntCounter,
+    /// Accepts failed for want of file descriptors (or kernel memory).
+    pub fd_limit: IntCounter,
+    /// Other failed accepts (a peer that reset before it was accepted).
+    pub other: IntCounter,
+}
+
 /// How many thresholds `t = value + k × step` (k ≥ 0, `t ≤ limit`) an increment from `before`
-/// to `after` crosses: `before < t ≤ after` (limits-format.md §6).
+/// to `after` crosses: `before < t ≤ after` (docs/limits-format.md §6).
 pub fn soft_crossings(before: u64, after: u64, value: u64, step: u64, limit: u64) -> u64 {
     let lo = before.saturating_add(1).max(value);
     let hi = after.min(limit);

@@ -133,6 +133,48 @@ pub struct ServeArgs {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "RLS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    // Connection and admin bounds (docs/service.md §2 and §3; README "Bounds").
+    /// HTTP/2 streams one gRPC connection may have open at once, announced in SETTINGS;
+    /// a stream past it is refused (RST_STREAM REFUSED_STREAM).
+    #[arg(long, env = "RLS_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_concurrent_streams: u32,
+
+    /// How often an HTTP/2 PING checks that a gRPC peer still answers.
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// gRPC connections accepted at once (with or without TLS, handshakes included). Past
+    /// it new connections wait in the kernel's backlog until one closes. Lowered to fit the
+    /// file-descriptor limit, so that the admin side and the store keep theirs.
+    #[arg(long, env = "RLS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Admin HTTP connections accepted at once, a budget of their own so probes and
+    /// /metrics keep answering when the gRPC side is full.
+    #[arg(long, env = "RLS_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_max_connections: u64,
+
+    /// Send GOAWAY to a gRPC connection this old, so clients reconnect and spread over
+    /// replicas added since (the reference's GRPC_MAX_CONNECTION_AGE). Off by default.
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub grpc_max_connection_age: Option<Duration>,
+
+    /// How long calls may still run on a connection after its GOAWAY for age; then it is
+    /// closed.
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grpc_max_connection_age_grace: Duration,
+
+    /// A file holding a bearer token that `POST /json` and `GET /config` then require
+    /// (`Authorization: Bearer <token>`); re-read on every such request, so a rotated
+    /// Secret takes effect at once. Without it `/json` refuses `is_negative_hits` and limit
+    /// overrides, which change other callers' quota.
+    #[arg(long, env = "RLS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The answer when the counter store fails.

@@ -1,12 +1,13 @@
 //! TLS for the gRPC listener (rustls, no OpenSSL): server certificate, optional client CA for
 //! mutual TLS, and reload when the files change (a renewed certificate is served to new
-//! connections without a restart; a broken file keeps the previous configuration).
+//! connections without a restart; a broken file keeps the previous configuration). The
+//! accept loop (`app/accept.rs`) calls [`ReloadingTls::accept`] for each connection it has
+//! room for, under its handshake deadline.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -15,13 +16,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files behind the gRPC listener's TLS.
 #[derive(Debug, Clone)]
@@ -78,8 +75,12 @@ impl ReloadingTls {
         &self.files
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    /// Completes the server side of a TLS handshake with the current certificates. The
+    /// caller bounds how long it may take (a client that stalls must not hold a connection
+    /// slot for ever).
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsConnection> {
+        let acceptor = TlsAcceptor::from(self.current.load_full());
+        acceptor.accept(tcp).await.map(TlsConnection)
     }
 }
 
@@ -158,45 +159,4 @@ impl AsyncWrite for TlsConnection {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
-}
-
-/// Accepts TCP connections and completes their handshakes concurrently (a slow client never
-/// holds up others); yields the established connections. Failed handshakes are logged at
-/// debug level and dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ReloadingTls>,
-) -> impl futures_util::Stream<Item = std::io::Result<TlsConnection>> {
-    let (tx, rx) = mpsc::channel::<TlsConnection>(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            if tx.is_closed() {
-                return;
-            }
-            let acceptor = tls.acceptor();
-            let sender = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = sender.send(TlsConnection(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
-    )
 }

@@ -118,10 +118,29 @@ impl Rls {
 
     /// Like [`Rls::start`], with extra environment variables for the process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Rls {
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(SERVE_FLAGS)
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Rls::spawn(command)
+    }
+
+    /// Like [`Rls::start`], run through a wrapper command that execs the binary (`prlimit
+    /// --nofile=256:256 --`, say), so the process is the server itself.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Rls {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let mut command = Command::new(program);
+        command
+            .args(wrapper_args)
+            .arg(binary())
+            .args(SERVE_FLAGS)
+            .args(args);
+        Rls::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Rls {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

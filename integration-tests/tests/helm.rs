@@ -476,6 +476,14 @@ fn chart_defaults_equal_the_binarys_defaults() {
             "grpc-tls-client-ca",
             "grpcTls.clientCaSecret, mounted as a file",
         ),
+        (
+            "grpc-max-connection-age",
+            "grpcMaxConnectionAge, off when empty",
+        ),
+        (
+            "admin-token-file",
+            "adminToken.secretName, mounted as a file",
+        ),
     ]
     .into_iter()
     .collect();

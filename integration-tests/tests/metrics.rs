@@ -1,5 +1,5 @@
 //! `/metrics` after known traffic: hits per rule and outcome, soft-threshold crossings
-//! counted exactly as limits-format.md §6 says (with the bounded consumer label), requests by
+//! counted exactly as docs/limits-format.md §6 says (with the bounded consumer label), requests by
 //! code, latency histograms, and the configuration gauges.
 
 use std::time::Duration;
@@ -115,5 +115,36 @@ async fn metric_values_after_known_traffic() {
         rls.metric("ratelimit_config_last_success_timestamp_seconds", &[])
             .unwrap()
             > 1.7e9
+    );
+}
+
+#[tokio::test]
+async fn process_metrics_are_present_and_plausible() {
+    let (_dir, file) = temp_file("limits.yaml", LIMITS);
+    let rls = Rls::start(&["--config", file.to_str().unwrap()]);
+    let mut c = rls.client().await;
+    for _ in 0..50 {
+        c.should_rate_limit(request("kcse", &[&[("endpoint", "ep"), ("path", "/p/x")]]))
+            .await
+            .unwrap();
+    }
+    let m = |name: &str| {
+        rls.metric(name, &[])
+            .unwrap_or_else(|| panic!("{name} is missing from /metrics"))
+    };
+    let (cpu, rss, open, max) = (
+        m("process_cpu_seconds_total"),
+        m("process_resident_memory_bytes"),
+        m("process_open_fds"),
+        m("process_max_fds"),
+    );
+    println!("cpu {cpu} s, rss {rss} B, open fds {open}, max fds {max}");
+    assert!(cpu > 0.0 && cpu < 600.0, "cpu {cpu}");
+    assert!(rss > 1e6 && rss < 4e9, "rss {rss}");
+    // stdio, the runtime, two listeners, the watcher, this test's connection.
+    assert!(open >= 6.0 && open < max, "open {open} of {max}");
+    assert!(
+        m("process_cpu_seconds_total") >= cpu,
+        "a counter never goes down"
     );
 }

@@ -142,3 +142,59 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         "a certificate from another CA"
     );
 }
+
+#[tokio::test]
+async fn max_connections_bounds_tls_connections_handshakes_included() {
+    let (dir, limits) = temp_file("limits.yaml", LIMITS);
+    let ca = Ca::new("server CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let cert_path = write(dir.path(), "server.crt", &cert);
+    let key_path = write(dir.path(), "server.key", &key);
+    let rls = Rls::start(&[
+        "--config",
+        limits.to_str().unwrap(),
+        "--grpc-tls-cert",
+        &cert_path,
+        "--grpc-tls-key",
+        &key_path,
+        "--max-connections",
+        "1",
+    ]);
+    // A TCP connection that never starts its handshake holds the only slot...
+    let stalled = std::net::TcpStream::connect(rls.grpc_addr).unwrap();
+    integration_tests::eventually(Duration::from_secs(10), "the slot taken", || {
+        (rls.metric("ratelimit_connections", &[("listener", "grpc")]) == Some(1.0)).then_some(())
+    });
+    // ...so a real client waits (its TCP connect completes in the backlog, no handshake).
+    let pem = ca.pem();
+    let addr = rls.grpc_addr;
+    let waiting = tokio::spawn(async move {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pem))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        RateLimitServiceClient::new(channel)
+            .should_rate_limit(request("kcse", &[&[("endpoint", "api")]]))
+            .await
+            .map(|r| r.into_inner().overall_code)
+            .map_err(|s| format!("{s:?}"))
+    });
+    integration_tests::eventually(Duration::from_secs(10), "the accept loop to wait", || {
+        (rls.metric("ratelimit_accept_waits_total", &[("listener", "grpc")]) >= Some(1.0))
+            .then_some(())
+    });
+    assert!(!waiting.is_finished(), "no slot, no handshake");
+    drop(stalled);
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the slot is free")
+        .unwrap();
+    assert_eq!(answer, Ok(Code::Ok as i32));
+}

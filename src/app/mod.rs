@@ -12,8 +12,10 @@
 //!
 //! `anyhow` lives here and in `main`: this is where errors become an exit code.
 
+mod accept;
 mod health;
 mod run;
+mod serve;
 #[cfg(test)]
 mod tests;
 
@@ -24,16 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::admin::AdminState;
+use self::accept::Budgeted;
+use crate::admin::{AdminState, AdminToken};
 use crate::config;
 use crate::descriptor::RuleSet;
 use crate::install::Installer;
 use crate::limiter::{Clock, CounterStore, LimiterOptions, MemoryStore, RateLimiter, SystemClock};
-use crate::metrics::{Metrics, TimedStore};
+use crate::metrics::{Metrics, TimedStore, process};
 use crate::redis::{RedisOptions, RedisStore, RedisTarget};
 use crate::reload::{self, Reloader};
 use crate::service::Decider;
@@ -52,8 +55,8 @@ type CriticalTask = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// A service built and bound to its listeners, not serving yet.
 pub struct Bound {
     args: ServeArgs,
-    grpc_listener: TcpListener,
-    admin_listener: TcpListener,
+    grpc_listener: Budgeted,
+    admin_listener: Budgeted,
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
     state: AdminState,
@@ -163,30 +166,57 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
         args.on_backend_error,
         args.shadow_mode,
     );
+    let token = match &args.admin_token_file {
+        Some(path) => Some(Arc::new(AdminToken::load(path)?)),
+        None => None,
+    };
     let state = AdminState {
         limiter,
         counter_store: counter_store.as_str().into(),
         draining: Arc::new(AtomicBool::new(false)),
-        metrics,
+        metrics: metrics.clone(),
         decider,
         response_headers: args.response_headers,
+        token,
     };
     let health = HealthReporter::new();
     // Known (NOT_SERVING) from the first call, not NOT_FOUND until the first probe.
     health::set(&health, ServingStatus::NotServing).await;
 
-    let grpc_listener = bind_listener(args.grpc_addr, "gRPC").await?;
-    let admin_listener = bind_listener(args.admin_addr, "admin").await?;
+    let max_fds = process::max_fds();
+    let admin_budget = args.admin_max_connections;
+    let grpc_budget = accept::grpc_budget(args.max_connections, admin_budget, max_fds);
+    if grpc_budget < args.max_connections {
+        tracing::warn!(
+            max_connections = args.max_connections,
+            grpc_budget,
+            max_fds,
+            "--max-connections lowered to fit the file-descriptor limit (ulimit -n) after the admin budget and a reserve; raise the limit to accept more"
+        );
+    }
+    let grpc_listener = bind_listener(args.grpc_addr, "gRPC")?;
+    let admin_listener = bind_listener(args.admin_addr, "admin")?;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let budgeted = |listener, name, budget: u64| Budgeted {
+        listener,
+        name,
+        budget: usize::try_from(budget).unwrap_or(usize::MAX),
+        metrics: metrics.listener(name, usize::try_from(budget).unwrap_or(usize::MAX)),
+    };
     tracing::info!(
         %grpc_addr,
         %admin_addr,
         grpc_tls = tls.is_some(),
         mutual_tls = args.grpc_tls_client_ca.is_some(),
         store = %counter_store,
+        grpc_max_connections = grpc_budget,
+        admin_max_connections = admin_budget,
+        admin_token = state.token.is_some(),
         "listening"
     );
+    let grpc_listener = budgeted(grpc_listener, "grpc", grpc_budget);
+    let admin_listener = budgeted(admin_listener, "admin", admin_budget);
     Ok(Bound {
         args,
         grpc_listener,
@@ -239,8 +269,23 @@ fn build_store(
     Ok((store, Some(described)))
 }
 
-async fn bind_listener(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+/// Connections the kernel completes and queues for a listener while its budget is full (the
+/// kernel caps it at `net.core.somaxconn`). Past it new connections are not answered and
+/// their clients retry.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind_listener(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            // As std's bind does: a restarted service can bind while old connections linger.
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
         .with_context(|| format!("cannot bind the {what} listener to {addr}"))
 }

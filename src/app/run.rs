@@ -16,10 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-use super::{Bound, health};
+use super::{Bound, health, serve};
 use crate::admin;
 use crate::grpc::RateLimitGrpc;
-use crate::tls;
 
 /// How long the admin side may take to stop once the gRPC side has drained.
 const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -60,41 +59,28 @@ impl Bound {
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        let router = tonic::transport::Server::builder()
+        let router = serve::server_builder(&args)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
                 RateLimitGrpc::new(state.decider.clone(), args.response_headers).into_server(),
             );
-        let grpc: JoinHandle<anyhow::Result<()>> = match tls {
-            Some(tls) => tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(
-                        tls::incoming(grpc_listener, tls),
-                        stopped(grpc_stop_rx),
-                    )
-                    .await
-                    .context("gRPC server")
-            }),
-            None => tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(grpc_listener)
-                            .with_nodelay(Some(true)),
-                        stopped(grpc_stop_rx),
-                    )
-                    .await
-                    .context("gRPC server")
-            }),
-        };
-        let admin_router = admin::router(state.clone());
-        let admin = tokio::spawn(async move {
-            axum::serve(admin_listener, admin_router)
-                .with_graceful_shutdown(stopped(admin_stop_rx))
-                .await
-                .context("admin server")
-        });
+        let hard_close_after = args
+            .grpc_max_connection_age
+            .map(|age| age + args.grpc_max_connection_age_grace);
+        let grpc = tokio::spawn(serve::grpc(
+            router,
+            grpc_listener,
+            tls,
+            hard_close_after,
+            grpc_stop_rx,
+        ));
+        let admin = tokio::spawn(serve::admin(
+            admin::router(state.clone()),
+            admin_listener,
+            admin_stop_rx,
+        ));
         let mut running = vec![
             Running {
                 name: "gRPC server",
@@ -179,9 +165,4 @@ fn keep_first(failure: &Option<anyhow::Error>, drained: anyhow::Result<()>) -> a
             Ok(())
         }
     }
-}
-
-/// Resolves when a stop is sent (or the sender is gone).
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
