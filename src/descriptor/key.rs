@@ -1,7 +1,7 @@
 //! Counter identity. A counter key names *what* is counted (domain, endpoint, prefix,
 //! consumer), never the limit, so counters survive a reload that changes a limit.
 //!
-//! Format (documented in the README, relied on by the Redis store):
+//! Format (docs/counter-store.md §4, relied on by the Redis store):
 //!
 //! ```text
 //! {<domain>:<endpoint>}:o                          overall counter of an endpoint

@@ -1,5 +1,5 @@
 //! A rate limit request in domain terms, and the bounds every request must respect
-//! (service.md §2), checked before any rule or counter is touched.
+//! (docs/service.md §2), checked before any rule or counter is touched.
 
 use crate::descriptor::{Entry, LimitOverride};
 
@@ -40,7 +40,7 @@ pub struct Descriptor {
 pub struct InvalidRequest(pub String);
 
 impl Request {
-    /// Checks the bounds of service.md §2. The message names the offending part.
+    /// Checks the bounds of docs/service.md §2. The message names the offending part.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         let bad = |m: String| Err(InvalidRequest(m));
         if self.domain.is_empty() {

@@ -1,4 +1,4 @@
-//! Decision tests with a controlled clock: the worked examples of limits-format.md §7 and
+//! Decision tests with a controlled clock: the worked examples of docs/limits-format.md §7 and
 //! every rule of §4–§5.
 
 use super::*;
@@ -493,7 +493,7 @@ descriptors:
     }
 }
 
-/// The seed's egress limit as one shared bucket (algorithms.md).
+/// The seed's egress limit as one shared bucket (docs/algorithms.md).
 const EGRESS_BUCKET: &str = "kcse_rate_limits:
   endpoints:
     - name: geocode

@@ -1,5 +1,5 @@
 //! `render`: gateway configuration that sends ironclad-rls the descriptors of
-//! `limits-format.md` §3, for a plain Envoy ([`envoy`]) or an Istio ingress gateway
+//! docs/limits-format.md §3, for a plain Envoy ([`envoy`]) or an Istio ingress gateway
 //! ([`istio`]).
 //!
 //! An adapter: it reads the validated [`crate::config`] model and builds Envoy's
@@ -311,7 +311,7 @@ pub fn rate_limit(endpoint_action: Value) -> Value {
 }
 
 /// A cluster of one `host:port`. The RLS cluster must speak HTTP/2: without it Envoy's
-/// configuration still validates but every RLS call fails (protocol.md).
+/// configuration still validates but every RLS call fails (docs/protocol.md §6).
 pub fn cluster(name: &str, address: &HostPort, http2: bool) -> Value {
     let mut c = json!({
         "name": name,
