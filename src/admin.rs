@@ -2,7 +2,7 @@
 //! `POST /json` for clients that are not Envoy.
 //!
 //! The admin port is reachable from inside the cluster, so what can change quota is guarded
-//! (docs/service.md §2, issue 13): with `--admin-token-file`, `/json` and `/config` require the
+//! (docs/service.md §3): with `--admin-token-file`, `/json` and `/config` require the
 //! bearer token (`token.rs`); without it, `/json` refuses `is_negative_hits` and limit
 //! overrides, which would let any caller give quota back to, or raise the limit of, someone
 //! else's counter. A body over the bound is refused from its `Content-Length`, before a

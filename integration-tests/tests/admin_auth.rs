@@ -1,4 +1,4 @@
-//! The admin port's guard on quota (docs/service.md §1, `--admin-token-file`): without a token
+//! The admin port's guard on quota (docs/service.md §3, `--admin-token-file`): without a token
 //! file, `POST /json` refuses refunds (`is_negative_hits`) and limit overrides; with one,
 //! `/json` and `/config` answer 401 without the bearer token and accept refunds with it,
 //! while probes and `/metrics` stay open.

@@ -22,12 +22,14 @@ pub struct Args {
     #[arg(long, default_value = "kcse")]
     pub domain: String,
 
-    /// One descriptor, as for `check` (repeatable). `{n}` in a value is replaced by the call's
-    /// number modulo `--distinct`, to spread calls over many counters.
+    // The placeholder is spelled out: clap prints a literal `{n}` in help as a line break.
+    /// One descriptor, as for `check` (repeatable). The letter n in curly braces, in a value,
+    /// is replaced by the call's number modulo `--distinct`, to spread calls over many
+    /// counters.
     #[arg(long = "descriptor", required = true, value_parser = parse::descriptor)]
     pub descriptors: Vec<Vec<(String, String)>>,
 
-    /// Number of distinct values `{n}` takes.
+    /// Number of distinct values the placeholder takes.
     #[arg(long, default_value_t = 10_000)]
     pub distinct: u64,
 
