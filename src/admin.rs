@@ -83,6 +83,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/config", get(config))
         .route("/metrics", get(metrics))
         .route("/json", post(json_request))
+        .route("/", get(crate::status::page))
+        .route("/status.json", get(crate::status::status_json))
+        .route("/limited", get(crate::status::limited))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
         .with_state(state)
 }
