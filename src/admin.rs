@@ -86,6 +86,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/", get(crate::status::page))
         .route("/status.json", get(crate::status::status_json))
         .route("/limited", get(crate::status::limited))
+        .route("/counters", post(crate::status::counters))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
         .with_state(state)
 }

@@ -41,6 +41,79 @@ pub async fn limited(State(s): State<AdminState>, Query(q): Query<LimitedQuery>)
     Json(view).into_response()
 }
 
+/// One counter's state as `POST /counters` answers it (`ironclad-rls explain --admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterStateView {
+    /// Index of the request's descriptor the counter belongs to.
+    pub descriptor: usize,
+    /// The counter key.
+    pub key: String,
+    /// The rule's name.
+    pub rule: String,
+    /// The limit.
+    pub limit: u32,
+    /// The count in the current window (fixed window), the hits in the log (sliding window),
+    /// or the bucket's debt in hits (token bucket).
+    pub count: u64,
+    /// Hits that could be admitted now.
+    pub remaining: u64,
+    /// Over its limit now.
+    pub over: bool,
+    /// ms until the window ends (or, when over, until a hit could be admitted).
+    pub reset_ms: u64,
+}
+
+/// `POST /counters`: the body of `POST /json`, answered with the state of every counter the
+/// request touches. Every descriptor is read with `hits_addend` 0 (docs/protocol.md: check
+/// only), so asking counts nothing; it goes to the limiter directly, past the decider, so it
+/// shows in neither the metrics nor `/limited`.
+pub async fn counters(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let bad = |status: axum::http::StatusCode, message: String| {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return bad(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {e}"),
+            );
+        }
+    };
+    let mut request = match crate::grpc::json::request_from_json(&value) {
+        Ok(r) => r,
+        Err(e) => return bad(axum::http::StatusCode::BAD_REQUEST, e),
+    };
+    for d in &mut request.descriptors {
+        d.hits_addend = Some(0);
+    }
+    match s.limiter.should_rate_limit(&request).await {
+        Ok(decision) => {
+            let rows: Vec<CounterStateView> = decision
+                .counters
+                .iter()
+                .map(|c| CounterStateView {
+                    descriptor: c.descriptor,
+                    key: c.rule.key.as_str().to_owned(),
+                    rule: c.rule.name.to_string(),
+                    limit: c.rule.limit,
+                    count: c.state.before,
+                    remaining: c.state.remaining,
+                    over: c.state.over,
+                    reset_ms: c.state.reset_ms,
+                })
+                .collect();
+            Json(serde_json::json!({ "counters": rows })).into_response()
+        }
+        Err(crate::limiter::LimitError::Invalid(e)) => {
+            bad(axum::http::StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(crate::limiter::LimitError::Backend(e)) => {
+            bad(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
 /// One rule's hit counters since start-up, by outcome (`ratelimit_hits_total`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RuleHits {
