@@ -10,7 +10,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::descriptor::ANONYMOUS;
@@ -59,6 +60,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     last_success: Gauge,
+    /// `ratelimit_config_info{sha256}`: 1 for the configuration served, so replicas serving
+    /// different files show as different series (docs/observability.md, IroncladRlsConfigDrift).
+    config_info: IntGaugeVec,
     near_limit_ratio: f64,
     consumers: Mutex<HashSet<String>>,
     detailed_rules: Mutex<HashSet<String>>,
@@ -120,6 +124,23 @@ impl Metrics {
             "Configuration loads after start-up.",
             &["result"],
         )?;
+        // Every series an alert takes `rate` or `increase` of starts at 0: Prometheus sees no
+        // increase in a series whose first sample is already 1, so the first failed reload or
+        // store error would otherwise never alert (docs/observability.md §2).
+        for result in ["success", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        for code in [
+            RequestCode::Ok,
+            RequestCode::OverLimit,
+            RequestCode::Invalid,
+            RequestCode::BackendError,
+        ] {
+            requests.with_label_values(&[code.label()]);
+        }
+        for kind in ["timeout", "unavailable"] {
+            backend_errors.with_label_values(&[kind]);
+        }
         let request_duration = histogram(
             "ratelimit_request_duration_seconds",
             "Time to decide a ShouldRateLimit request.",
@@ -138,6 +159,14 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )?;
         registry.register(Box::new(last_success.clone()))?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_config_info",
+                "1 for the configuration being served, labelled with its SHA-256.",
+            ),
+            &["sha256"],
+        )?;
+        registry.register(Box::new(config_info.clone()))?;
         Ok(Metrics {
             registry,
             hits,
@@ -149,6 +178,7 @@ impl Metrics {
             reloads,
             generation,
             last_success,
+            config_info,
             near_limit_ratio,
             consumers: Mutex::new(HashSet::new()),
             detailed_rules: Mutex::new(HashSet::new()),
@@ -190,6 +220,12 @@ impl Metrics {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.last_success.set(unix_secs);
+    }
+
+    /// Records the served configuration's hash: one series, the previous one removed.
+    pub fn config_hash(&self, sha256: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
     }
 
     /// Counts every hit of a decided request per rule and outcome, and soft crossings.
