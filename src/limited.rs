@@ -146,13 +146,22 @@ impl Limited {
         self.capacity
     }
 
-    /// Records the counters of `decision` that were over their limit, at Unix time `now_ms`.
-    /// `global_shadow` marks rejections that the service's shadow mode let through.
-    pub fn record(&self, domain: &str, decision: &Decision, global_shadow: bool, now_ms: u64) {
-        // The common case, every admitted request, stops here: no lock, no allocation.
+    /// Records the counters of `decision` that were over their limit, at Unix time
+    /// `now_ms()` (only read when there is something to record). `global_shadow` marks
+    /// rejections that the service's shadow mode let through.
+    pub fn record(
+        &self,
+        domain: &str,
+        decision: &Decision,
+        global_shadow: bool,
+        now_ms: impl FnOnce() -> u64,
+    ) {
+        // The common case, every admitted request, stops here: no clock, no lock, no
+        // allocation.
         if !decision.counters.iter().any(|c| c.state.over && c.hits > 0) {
             return;
         }
+        let now_ms = now_ms();
         let Ok(mut rows) = self.rows.lock() else {
             // A panic while holding the lock left it poisoned; the summary is only advice,
             // so it stops recording rather than fail requests.
@@ -371,27 +380,27 @@ mod tests {
                 "kcse",
                 &decision(&[(rule(&rs, "a", false), true)], 1),
                 false,
-                T0,
+                || T0,
             );
         }
         l.record(
             "kcse",
             &decision(&[(rule(&rs, "b", false), true)], 1),
             false,
-            T0 + 5,
+            || T0 + 5,
         );
         l.record(
             "kcse",
             &decision(&[(rule(&rs, "c", false), true)], 1),
             false,
-            T0 + 9,
+            || T0 + 9,
         );
         // Admitted counters are not listed.
         l.record(
             "kcse",
             &decision(&[(rule(&rs, "d", false), false)], 1),
             false,
-            T0,
+            || T0,
         );
         let v = l.view(T0 + 10, 10);
         let who: Vec<(&str, u64)> = v
@@ -413,7 +422,7 @@ mod tests {
             &[(rule(&rs, "", true), true), (rule(&rs, "", false), true)],
             2,
         );
-        l.record("kcse", &d, true, T0);
+        l.record("kcse", &d, true, || T0);
         let mut subjects: Vec<String> = l
             .view(T0, 10)
             .counters
@@ -430,9 +439,9 @@ mod tests {
         let rs = rules();
         let l = Limited::new(8);
         let a = decision(&[(rule(&rs, "a", false), true)], 1);
-        l.record("kcse", &a, false, T0);
-        l.record("kcse", &a, false, T0 + BUCKET_MS);
-        l.record("kcse", &a, false, T0 + 2 * BUCKET_MS);
+        l.record("kcse", &a, false, || T0);
+        l.record("kcse", &a, false, || T0 + BUCKET_MS);
+        l.record("kcse", &a, false, || T0 + 2 * BUCKET_MS);
         assert_eq!(l.view(T0 + 2 * BUCKET_MS, 10).counters[0].rejected, 3);
         // The first bucket leaves the window.
         let later = T0 + WINDOW_MS + BUCKET_MS / 2;
@@ -440,7 +449,7 @@ mod tests {
         assert!(first_left < 3, "{first_left}");
         assert!(l.view(T0 + 4 * WINDOW_MS, 10).counters.is_empty());
         // A write after a long quiet starts afresh.
-        l.record("kcse", &a, false, T0 + 4 * WINDOW_MS);
+        l.record("kcse", &a, false, || T0 + 4 * WINDOW_MS);
         assert_eq!(l.view(T0 + 4 * WINDOW_MS, 10).counters[0].rejected, 1);
     }
 
@@ -449,10 +458,10 @@ mod tests {
         let rs = rules();
         let l = Limited::new(16);
         let heavy = decision(&[(rule(&rs, "heavy", false), true)], 50);
-        l.record("kcse", &heavy, false, T0);
+        l.record("kcse", &heavy, false, || T0);
         for i in 0..10_000u64 {
             let d = decision(&[(rule(&rs, &format!("id{i}"), false), true)], 1);
-            l.record("kcse", &d, false, T0 + i);
+            l.record("kcse", &d, false, || T0 + i);
         }
         let v = l.view(T0 + 10_000, usize::MAX);
         assert_eq!(v.counters.len(), 16);

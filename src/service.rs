@@ -59,7 +59,7 @@ impl Decider {
             Ok(d) => {
                 self.metrics.decision(&req.domain, &d, self.global_shadow);
                 self.limited
-                    .record(&req.domain, &d, self.global_shadow, unix_ms());
+                    .record(&req.domain, &d, self.global_shadow, unix_ms);
                 let code = match d.overall_code {
                     Code::Ok => RequestCode::Ok,
                     Code::OverLimit => RequestCode::OverLimit,
