@@ -913,3 +913,84 @@ fn status_page_renders_in_chromium_with_the_generation_and_the_top_limited_count
         png.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where features meet: /limited on every store, with the over-limit cache (Redis stores answer
+// repeat rejections from it without a round trip) and shadow mode on a sliding window
+
+const MEETING: &str = "kcse_rate_limits:
+  endpoints:
+    - name: api
+      shortname: api
+      uri_prefixes:
+        - prefix: /fixed
+          unit: minute
+          value: 3
+    - name: trial
+      shortname: trial
+      shadow_mode: true
+      uri_prefixes:
+        - prefix: /sliding
+          unit: minute
+          algorithm: sliding_window
+          value: 2
+";
+
+fn limited_counts_every_rejection(store_flags: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = limits_file(dir.path(), "meeting.yaml", MEETING);
+    let mut args = vec!["--config", config.as_str(), "--redis-timeout", "2s"];
+    args.extend_from_slice(store_flags);
+    let rls = Rls::start(&args);
+    rls.wait_ready(Duration::from_secs(20));
+    let fixed: Vec<u16> = (0..10)
+        .map(|_| decide(&rls, "api", "/fixed/x", Some("alice")))
+        .collect();
+    let rejected = fixed.iter().filter(|s| **s == 429).count() as u64;
+    assert_eq!(rejected, 7, "{fixed:?}");
+    let shadow: Vec<u16> = (0..6)
+        .map(|_| decide(&rls, "trial", "/sliding/x", Some("eve")))
+        .collect();
+    assert!(
+        shadow.iter().all(|s| *s == 200),
+        "shadow mode answers OK: {shadow:?}"
+    );
+    let view = limited(&rls, 10);
+    assert_eq!(
+        rows(&view),
+        vec![
+            ("alice".into(), "api /fixed client".into(), rejected),
+            ("eve".into(), "trial /sliding client".into(), 4),
+        ],
+        "{store_flags:?}"
+    );
+    assert_eq!(view["counters"][0]["shadow"], false);
+    assert_eq!(view["counters"][1]["shadow"], true);
+    // The rejections are the ones the metrics count, cache or not.
+    assert_eq!(
+        rls.metric(
+            "ratelimit_hits_total",
+            &[("rule", "api /fixed client"), ("outcome", "over_limit")]
+        ),
+        Some(rejected as f64)
+    );
+}
+
+#[test]
+fn limited_counts_cached_and_shadowed_rejections_on_the_memory_store() {
+    limited_counts_every_rejection(&[]);
+}
+
+#[test]
+fn limited_counts_cached_and_shadowed_rejections_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    limited_counts_every_rejection(&["--redis-url", &url]);
+}
+
+#[test]
+fn limited_counts_cached_and_shadowed_rejections_on_a_redis_cluster() {
+    let cluster = integration_tests::redis::RedisCluster::start();
+    let urls = cluster.urls();
+    limited_counts_every_rejection(&["--redis-cluster-url", &urls]);
+}
