@@ -161,6 +161,10 @@ fn alert_rules_check_and_their_unit_cases_fire_and_stay_quiet() {
             "process_open_fds / process_max_fds > 0.95",
         ),
         (
+            "ratelimit_connection_limit > 0.8",
+            "ratelimit_connection_limit > 0.95",
+        ),
+        (
             "ironclad_rls:rule_rejection_ratio:rate5m > 0.1",
             "ironclad_rls:rule_rejection_ratio:rate5m > 0.6",
         ),
