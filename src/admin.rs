@@ -99,12 +99,19 @@ pub fn router(state: AdminState) -> Router {
     let guarded = Router::new()
         .route("/config", get(config))
         .route("/json", post(json_request))
+        // Reads counter state like `/json` with `hits_addend` 0, so it needs what `/json` needs.
+        .route("/counters", post(crate::status::counters))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(guarded)
+        // Read-only summaries, open like `/metrics` (which carries consumer labels too): the
+        // status page fetches `/status.json` from a browser that cannot send a bearer token.
+        .route("/", get(crate::status::page))
+        .route("/status.json", get(crate::status::status_json))
+        .route("/limited", get(crate::status::limited))
         // A chunked body is still cut at the bound while it is read.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

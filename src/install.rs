@@ -45,6 +45,7 @@ impl Installer {
         let now = SystemTime::now();
         let snapshot = Arc::new(Snapshot::compile(generation, loaded, now));
         log_summary(&snapshot);
+        self.metrics.config_hash(&snapshot.sha256);
         self.limiter.install(snapshot);
         self.metrics.config_loaded(generation, unix_secs(now));
         generation

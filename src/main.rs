@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ironclad_rls::commands::{bench, check, render, validate};
+use ironclad_rls::commands::{bench, check, explain, render, top, validate};
 use ironclad_rls::settings::{self, Cli, Command};
 use ironclad_rls::{app, shutdown};
 
@@ -24,5 +24,7 @@ async fn main() -> ExitCode {
         Command::Check(args) => check::run(&args).await,
         Command::Bench(args) => bench::run(&args).await,
         Command::Render(target) => render::run(&target),
+        Command::Top(args) => top::run(&args).await,
+        Command::Explain(args) => explain::run(&args).await,
     }
 }

@@ -67,6 +67,9 @@ pub struct Metrics {
     accept_waits: IntCounterVec,
     accept_errors: IntCounterVec,
     admin_refusals: IntCounterVec,
+    /// `ratelimit_config_info{sha256}`: 1 for the configuration served, so replicas serving
+    /// different files show as different series (docs/observability.md, IroncladRlsConfigDrift).
+    config_info: IntGaugeVec,
     near_limit_ratio: f64,
     consumers: Mutex<HashSet<String>>,
     detailed_rules: Mutex<HashSet<String>>,
@@ -128,6 +131,23 @@ impl Metrics {
             "Configuration loads after start-up.",
             &["result"],
         )?;
+        // Every series an alert takes `rate` or `increase` of starts at 0: Prometheus sees no
+        // increase in a series whose first sample is already 1, so the first failed reload or
+        // store error would otherwise never alert (docs/observability.md §2).
+        for result in ["success", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        for code in [
+            RequestCode::Ok,
+            RequestCode::OverLimit,
+            RequestCode::Invalid,
+            RequestCode::BackendError,
+        ] {
+            requests.with_label_values(&[code.label()]);
+        }
+        for kind in ["timeout", "unavailable"] {
+            backend_errors.with_label_values(&[kind]);
+        }
         let request_duration = histogram(
             "ratelimit_request_duration_seconds",
             "Time to decide a ShouldRateLimit request.",
@@ -178,6 +198,14 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(process::ProcessCollector::new()?))?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_config_info",
+                "1 for the configuration being served, labelled with its SHA-256.",
+            ),
+            &["sha256"],
+        )?;
+        registry.register(Box::new(config_info.clone()))?;
         Ok(Metrics {
             registry,
             hits,
@@ -194,6 +222,7 @@ impl Metrics {
             accept_waits,
             accept_errors,
             admin_refusals,
+            config_info,
             near_limit_ratio,
             consumers: Mutex::new(HashSet::new()),
             detailed_rules: Mutex::new(HashSet::new()),
@@ -256,6 +285,12 @@ impl Metrics {
     /// `too_large`).
     pub fn admin_refused(&self, reason: &str) {
         self.admin_refusals.with_label_values(&[reason]).inc();
+    }
+
+    /// Records the served configuration's hash: one series, the previous one removed.
+    pub fn config_hash(&self, sha256: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
     }
 
     /// Counts every hit of a decided request per rule and outcome, and soft crossings.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::limited::Limited;
 use crate::limiter::{Code, Decision, DescriptorStatus, LimitError, RateLimiter, Request};
 use crate::metrics::{Metrics, RequestCode};
 use crate::settings::OnBackendError;
@@ -24,6 +25,8 @@ pub struct Decider {
     metrics: Arc<Metrics>,
     on_backend_error: OnBackendError,
     global_shadow: bool,
+    /// Who is being limited (`GET /limited`): fed with every decision.
+    limited: Arc<Limited>,
 }
 
 impl Decider {
@@ -39,7 +42,13 @@ impl Decider {
             metrics,
             on_backend_error,
             global_shadow,
+            limited: Arc::new(Limited::default()),
         }
+    }
+
+    /// The summary of recently rejecting counters this decider feeds.
+    pub fn limited(&self) -> &Arc<Limited> {
+        &self.limited
     }
 
     /// Decides one request.
@@ -49,6 +58,8 @@ impl Decider {
         let (code, answer) = match result {
             Ok(d) => {
                 self.metrics.decision(&req.domain, &d, self.global_shadow);
+                self.limited
+                    .record(&req.domain, &d, self.global_shadow, unix_ms);
                 let code = match d.overall_code {
                     Code::Ok => RequestCode::Ok,
                     Code::OverLimit => RequestCode::OverLimit,
@@ -99,4 +110,11 @@ impl Decider {
             committed: false,
         })
     }
+}
+
+/// The wall clock in Unix ms, as `/limited` reports times (0 before 1970: never in practice).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

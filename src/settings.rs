@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{bench, check, parse, render, validate};
+use crate::commands::{bench, check, explain, parse, render, top, validate};
 
 /// `ironclad-rls`: an Envoy-compatible global rate limit service.
 #[derive(Debug, Parser)]
@@ -39,6 +39,10 @@ pub enum Command {
     /// Print gateway configuration that sends the descriptors the limits files expect.
     #[command(subcommand)]
     Render(render::Target),
+    /// Who is being limited: merge the replicas' `GET /limited` and refresh, like `top`.
+    Top(top::Args),
+    /// How a request resolves: every rule and prefix tried, the counters it touches.
+    Explain(explain::Args),
 }
 
 /// `serve` flags.

@@ -132,3 +132,62 @@ fn with_a_token_file_json_and_config_need_the_token_and_refunds_are_accepted() {
         Some(7.0)
     );
 }
+
+/// Where the token meets the observability endpoints: `POST /counters` reads counter state as
+/// `/json` does, so it is guarded like `/json`, and `explain --admin` gets through only with
+/// `--admin-token-file`; the read-only summaries stay open for the browser status page.
+#[test]
+fn counters_need_the_token_and_explain_sends_it() {
+    let (dir, file) = temp_file("limits.yaml", LIMITS);
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "explain-token\n").unwrap();
+    let rls = Rls::start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let addr = rls.admin_addr;
+    assert_eq!(http(addr, "POST", "/counters", None, TAKE).0, 401);
+    let good = Some("Bearer explain-token");
+    assert_eq!(http(addr, "POST", "/json", good, TAKE).0, 200);
+    let (status, answer) = http(addr, "POST", "/counters", good, TAKE);
+    assert_eq!(status, 200, "{answer}");
+    for open in ["/", "/status.json", "/limited"] {
+        assert_eq!(http(addr, "GET", open, None, "").0, 200, "{open}");
+    }
+
+    let admin = format!("http://{addr}");
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            file.to_str().unwrap(),
+            "--domain",
+            "kcse",
+            "--descriptor",
+            "endpoint=api,path=/x,consumer=cron",
+            "--admin",
+            &admin,
+        ];
+        args.extend_from_slice(extra);
+        integration_tests::run_cli(&args)
+    };
+    let refused = explain(&[]);
+    assert!(!refused.status.success(), "explain without the token");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = explain(&["--admin-token-file", token_file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Asking counted nothing: one hit was taken above, so one more fits and the next is over.
+    assert_eq!(http(addr, "POST", "/json", good, TAKE).0, 200);
+    assert_eq!(http(addr, "POST", "/json", good, TAKE).0, 429);
+}

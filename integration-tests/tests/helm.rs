@@ -136,6 +136,16 @@ fn variants() -> Vec<Variant> {
             ]),
         },
         Variant {
+            name: "observability",
+            args: sets(&[
+                "prometheusRule.enabled=true",
+                "prometheusRule.gatewayTimeoutSeconds=0.05",
+                "prometheusRule.labels.release=prometheus",
+                "grafanaDashboard.enabled=true",
+                "grafanaDashboard.annotations.grafana_folder=Rate limiting",
+            ]),
+        },
+        Variant {
             name: "cluster-tls-custom-ports",
             args: sets(&[
                 "redis.clusterUrls={rediss://r1.cache:6379,rediss://r2.cache:6379}",
@@ -742,8 +752,9 @@ fn every_rendered_pod_is_hardened_and_admitted_by_restricted() {
             }
         }
     }
-    // default 1 + demo 2 + external 1 + monitor 1 + cluster 1 + existing 1 + digest 2
-    assert_eq!(pods, 9, "pod templates checked");
+    // default 1 + demo 2 + external 1 + monitor 1 + observability 1 + cluster 1 + existing 1
+    // + digest 2
+    assert_eq!(pods, 10, "pod templates checked");
 
     // The namespace manifest enforces restricted.
     let ns_yaml = std::fs::read_to_string(workspace_root().join("charts/namespace.yaml"))
@@ -1102,14 +1113,83 @@ fn network_policies_admit_only_gateways_and_monitoring_and_reach_only_redis_and_
 }
 
 #[test]
+fn alerts_and_dashboard_are_opt_in_and_carry_the_chart_files() {
+    let rules_file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/ironclad-rls/files/alerts.yaml"))
+            .expect("read alerts"),
+    )
+    .expect("alerts are YAML");
+    let dashboard_file: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            workspace_root().join("charts/ironclad-rls/dashboards/ironclad-rls.json"),
+        )
+        .expect("read dashboard"),
+    )
+    .expect("dashboard is JSON");
+    for r in render_all() {
+        let docs = &r.docs;
+        let rule = find(docs, "PrometheusRule", &fullname());
+        let dashboards = find(docs, "ConfigMap", &format!("{}-dashboard", fullname()));
+        assert_eq!(rule.is_some(), r.name == "observability", "{}", r.name);
+        assert_eq!(
+            dashboards.is_some(),
+            r.name == "observability",
+            "{}",
+            r.name
+        );
+        let (Some(rule), Some(cm)) = (rule, dashboards) else {
+            continue;
+        };
+        assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+        let groups = rule["spec"]["groups"].as_array().expect("groups");
+        let file_groups = rules_file["groups"].as_array().expect("groups");
+        assert_eq!(groups.len(), file_groups.len());
+        let alerts: Vec<&Value> = groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().expect("rules"))
+            .filter(|r| r["alert"].is_string())
+            .collect();
+        assert_eq!(alerts.len(), 7);
+        for a in &alerts {
+            let name = a["alert"].as_str().expect("name");
+            let runbook = a["annotations"]["runbook"].as_str().expect("runbook");
+            assert_eq!(
+                runbook,
+                format!("docs/observability.md#{}", name.to_lowercase())
+            );
+        }
+        // The gateway's timeout is the one number filled in.
+        let latency = alerts
+            .iter()
+            .find(|a| a["alert"] == "IroncladRlsLatencyNearTimeout")
+            .expect("latency alert");
+        let expr = latency["expr"].as_str().expect("expr");
+        assert!(expr.contains("> 0.8 * 0.05"), "{expr}");
+        assert!(!expr.contains("GATEWAY_TIMEOUT"), "{expr}");
+        // The sidecar's label, and the dashboard as the file has it.
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert_eq!(
+            cm["metadata"]["annotations"]["grafana_folder"],
+            "Rate limiting"
+        );
+        let embedded: Value =
+            serde_json::from_str(cm["data"]["ironclad-rls.json"].as_str().expect("json"))
+                .expect("embedded dashboard is JSON");
+        assert_eq!(embedded, dashboard_file);
+    }
+}
+
+#[test]
 fn rendered_manifests_validate_against_the_kubernetes_schemas() {
     let renderings = render_all();
     let dir = tempfile::tempdir().expect("temp dir");
     let files = write_renderings(dir.path(), &renderings);
     let docs: usize = renderings.iter().map(|r| r.docs.len()).sum::<usize>() + 1;
+    // ServiceMonitor and PrometheusRule are CRDs (Prometheus Operator) with no schema in the
+    // Kubernetes ones; the tests of their fields check them instead.
     let monitors = renderings
         .iter()
-        .flat_map(|r| of_kind(&r.docs, "ServiceMonitor"))
+        .flat_map(|r| of_kind(&r.docs, "ServiceMonitor").chain(of_kind(&r.docs, "PrometheusRule")))
         .count();
     for version in KUBERNETES_VERSIONS {
         let mut c = Command::new(kubernetes_validate());
@@ -1131,7 +1211,9 @@ fn rendered_manifests_validate_against_the_kubernetes_schemas() {
         // ones; the test above checks its fields instead.
         assert_eq!(warnings.len(), monitors, "{all}");
         assert!(
-            warnings.iter().all(|w| w.contains("kind ServiceMonitor")),
+            warnings
+                .iter()
+                .all(|w| w.contains("kind ServiceMonitor") || w.contains("kind PrometheusRule")),
             "{all}"
         );
         assert_eq!(

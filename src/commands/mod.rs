@@ -8,8 +8,11 @@
 
 pub mod bench;
 pub mod check;
+pub mod explain;
+pub(crate) mod http;
 pub(crate) mod parse;
 pub mod render;
+pub mod top;
 pub mod validate;
 
 /// Why a command that calls a running service (`check`, `bench`) could not get its answers.

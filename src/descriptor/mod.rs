@@ -10,6 +10,7 @@
 //! on `config` for the validated model and for [`normalize_path`], which the loader also uses
 //! so that a prefix is stored in the form request paths are matched in.
 
+mod explain;
 mod key;
 mod prefix_set;
 mod rules;
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use crate::config::normalize_path;
+pub use explain::{Applies, Explanation, Format, Step};
 pub use key::{CounterKey, CounterScope};
 pub use rules::ANONYMOUS;
 

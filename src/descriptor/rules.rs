@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::explain::{Applies, Step};
 use super::key::{CounterKey, CounterScope};
 use super::prefix_set::PrefixSet;
 use super::{CounterLabels, CounterRule, Entry, RejectAll, Resolved, Unmatched};
@@ -124,6 +125,66 @@ impl EndpointSet {
             out.unmatched = Some(Unmatched::NoRule);
         }
         out
+    }
+}
+
+impl EndpointSet {
+    /// The trace of [`EndpointSet::resolve`] (`ironclad-rls explain`): the same lookups,
+    /// written down instead of acted on.
+    pub(super) fn explain(&self, entries: &[Entry]) -> Vec<Step> {
+        let find = |k: &str| {
+            entries
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.as_str())
+        };
+        let shortname = find(ENTRY_ENDPOINT);
+        let ep = shortname.and_then(|s| self.by_shortname.get(s));
+        let mut steps = vec![Step::Endpoint {
+            shortname: shortname.map(str::to_owned),
+            known: ep.is_some(),
+        }];
+        let Some(ep) = ep else { return steps };
+        let consumer = find(ENTRY_CONSUMER).filter(|c| !c.is_empty());
+        steps.push(Step::Consumer {
+            consumer: consumer.map(str::to_owned),
+        });
+        steps.push(Step::Overall {
+            limit: match ep.overall {
+                OverallLimit::None => None,
+                OverallLimit::RejectAll => Some(0),
+                OverallLimit::Limit(n) => Some(n),
+            },
+        });
+        if ep.overall == OverallLimit::RejectAll {
+            // Nothing else is looked at: the request is rejected and nothing counted.
+            return steps;
+        }
+        let raw = find(ENTRY_PATH);
+        let normalised = raw.map(normalize_path);
+        steps.push(Step::Path {
+            raw: raw.map(str::to_owned),
+            normalised: normalised.clone(),
+        });
+        let matched: Vec<usize> = normalised
+            .as_deref()
+            .map(|p| ep.matcher.matches(p).collect())
+            .unwrap_or_default();
+        for (i, p) in ep.prefixes.iter().enumerate() {
+            let hit = matched.contains(&i);
+            steps.push(Step::Prefix {
+                prefix: p.prefix.to_string(),
+                matched: hit,
+                applies: hit.then(|| match ep.counter_for(p, consumer) {
+                    Some(rule) => Applies::Rule {
+                        name: rule.name.to_string(),
+                        limit: rule.limit,
+                    },
+                    None => Applies::NoAnonymousLimit,
+                }),
+            });
+        }
+        steps
     }
 }
 

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::explain::Step;
 use super::key::CounterKey;
 use super::wildcard;
 use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, Unmatched};
@@ -164,6 +165,45 @@ impl DescriptorTree {
             }),
             Some(Limit::Unlimited) | None => Resolved::unmatched(Unmatched::NoRule),
         }
+    }
+}
+
+impl DescriptorTree {
+    /// The trace of [`DescriptorTree::resolve`]'s walk (`ironclad-rls explain`): each entry
+    /// and the node it matched, up to the first that matches none.
+    pub(super) fn explain(&self, entries: &[Entry]) -> Vec<Step> {
+        let mut level = &self.root;
+        let mut steps = Vec::with_capacity(entries.len());
+        let mut stopped = false;
+        for e in entries {
+            let found = if stopped {
+                None
+            } else {
+                level.by_key.get(&e.key).and_then(|g| {
+                    if let Some(n) = g.exact.get(&e.value) {
+                        return Some((n, format!("{}={}", e.key, e.value)));
+                    }
+                    if let Some((p, n)) = g
+                        .patterns
+                        .iter()
+                        .find(|(p, _)| wildcard::matches(p, &e.value))
+                    {
+                        return Some((n, format!("{}={p}", e.key)));
+                    }
+                    g.any.as_deref().map(|n| (n, e.key.clone()))
+                })
+            };
+            stopped |= found.is_none();
+            steps.push(Step::DescriptorEntry {
+                key: e.key.clone(),
+                value: e.value.clone(),
+                matched: found.as_ref().map(|(_, how)| how.clone()),
+            });
+            if let Some((n, _)) = found {
+                level = &n.children;
+            }
+        }
+        steps
     }
 }
 
