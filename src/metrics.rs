@@ -354,10 +354,7 @@ impl CounterStore for TimedStore {
         Box::pin(async move {
             let start = std::time::Instant::now();
             let result = self.inner.apply(ops, dry_run).await;
-            let kind = result.as_ref().err().map(|e| match e {
-                StoreError::Timeout => "timeout",
-                StoreError::Unavailable(_) => "unavailable",
-            });
+            let kind = result.as_ref().err().map(StoreError::kind);
             self.metrics.backend_call(start.elapsed(), kind);
             result
         })
