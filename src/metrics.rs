@@ -145,7 +145,7 @@ impl Metrics {
         ] {
             requests.with_label_values(&[code.label()]);
         }
-        for kind in ["timeout", "unavailable"] {
+        for kind in ["timeout", "unavailable", "capacity"] {
             backend_errors.with_label_values(&[kind]);
         }
         let request_duration = histogram(
@@ -468,10 +468,7 @@ impl CounterStore for TimedStore {
         Box::pin(async move {
             let start = std::time::Instant::now();
             let result = self.inner.apply(ops, dry_run).await;
-            let kind = result.as_ref().err().map(|e| match e {
-                StoreError::Timeout => "timeout",
-                StoreError::Unavailable(_) => "unavailable",
-            });
+            let kind = result.as_ref().err().map(StoreError::kind);
             self.metrics.backend_call(start.elapsed(), kind);
             result
         })

@@ -108,6 +108,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_ON_BACKEND_ERROR", value_enum, default_value_t = OnBackendError::Error)]
     pub on_backend_error: OnBackendError,
 
+    /// How long a counter known to be over its limit is answered without Redis (at most
+    /// until its window ends): quota given back through another replica is usable through
+    /// this one within it. 0 turns the cache off.
+    #[arg(long, env = "RLS_OVER_LIMIT_CACHE_TTL", default_value = "1s", value_parser = parse::duration)]
+    pub over_limit_cache_ttl: Duration,
+
+    /// Counters the memory store (no Redis) may hold. Past it, a request that needs a new
+    /// counter fails as a backend error of kind `capacity` (answered per
+    /// --on-backend-error); no counter is evicted.
+    #[arg(long, env = "RLS_MEMORY_MAX_COUNTERS", default_value_t = crate::limiter::DEFAULT_MAX_COUNTERS)]
+    pub memory_max_counters: usize,
+
     /// A count above this fraction of a limit is `near_limit` in `ratelimit_hits_total`.
     #[arg(long, env = "RLS_NEAR_LIMIT_RATIO", default_value_t = 0.8, value_parser = parse_ratio)]
     pub near_limit_ratio: f64,
@@ -145,11 +157,11 @@ pub struct ServeArgs {
     pub grpc_max_concurrent_streams: u32,
 
     /// How often an HTTP/2 PING checks that a gRPC peer still answers.
-    #[arg(long, env = "RLS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse::duration)]
     pub grpc_keepalive_interval: Duration,
 
     /// How long a PING may go unanswered before the connection is closed.
-    #[arg(long, env = "RLS_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RLS_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse::duration)]
     pub grpc_keepalive_timeout: Duration,
 
     /// gRPC connections accepted at once (with or without TLS, handshakes included). Past
@@ -165,12 +177,12 @@ pub struct ServeArgs {
 
     /// Send GOAWAY to a gRPC connection this old, so clients reconnect and spread over
     /// replicas added since (the reference's GRPC_MAX_CONNECTION_AGE). Off by default.
-    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE", value_parser = parse::duration)]
     pub grpc_max_connection_age: Option<Duration>,
 
     /// How long calls may still run on a connection after its GOAWAY for age; then it is
     /// closed.
-    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RLS_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse::duration)]
     pub grpc_max_connection_age_grace: Duration,
 
     /// A file holding a bearer token that `POST /json` and `GET /config` then require
@@ -255,6 +267,8 @@ mod tests {
         assert_eq!(s.redis_timeout, Duration::from_millis(15));
         assert_eq!(s.redis_key_prefix, "rls");
         assert_eq!(s.on_backend_error, OnBackendError::Error);
+        assert_eq!(s.over_limit_cache_ttl, Duration::from_secs(1));
+        assert_eq!(s.memory_max_counters, 1_000_000);
         assert!(s.redis_url.is_none() && s.redis_cluster_url.is_empty());
         assert!((s.near_limit_ratio - 0.8).abs() < f64::EPSILON);
         assert_eq!(s.soft_consumer_labels, 1000);

@@ -5,7 +5,10 @@
 //!
 //! The batches mix what the two implementations must agree on: ops sharing a counter within
 //! a batch, several algorithms and windows on one key, negative hits, shadow (non-enforcing)
-//! ops, dry runs, limit 0, hits 0, long windows (hours, days, a month) and one-second ones.
+//! ops, dry runs, limit 0, hits 0, long windows (hours, days, a month, and past 2^53 ms as
+//! only a limit override can ask) and one-second ones, and hits and limits up to their
+//! wire maxima (a bucket whose capacity × window passes 2^53, a sliding log asked for
+//! 2^32 or 2^64 hits).
 //!
 //! Time: the Redis store reads the server's clock (`TIME`), so each step runs on Redis first
 //! and the memory store's [`ManualClock`] is then set to the `now_ms` Redis answered: both
@@ -76,48 +79,60 @@ fn algorithm() -> impl Strategy<Value = Algorithm> {
     ]
 }
 
+/// A limit override may ask for any window: past 2^53 ms both stores count over 2^53 ms.
+const HUGE_WINDOW_SECS: u64 = u32::MAX as u64 * 31_536_000;
+
 fn window_secs() -> impl Strategy<Value = u64> {
     prop_oneof![
-        3 => Just(1u64),
-        2 => Just(2),
-        1 => Just(60),
-        1 => Just(3_600),
-        1 => Just(86_400),
-        1 => Just(30 * 86_400),
+        6 => Just(1u64),
+        4 => Just(2),
+        2 => Just(60),
+        2 => Just(3_600),
+        2 => Just(86_400),
+        2 => Just(30 * 86_400),
+        1 => Just(HUGE_WINDOW_SECS),
     ]
 }
 
+/// Limits are 32-bit (configured, or a descriptor's override).
 fn limit() -> impl Strategy<Value = u64> {
     prop_oneof![
-        1 => Just(0u64),
-        6 => 1u64..8,
-        2 => 8u64..100,
+        2 => Just(0u64),
+        12 => 1u64..8,
+        4 => 8u64..100,
+        1 => Just(u64::from(u32::MAX)),
     ]
 }
 
+/// Hits: a descriptor's `hits_addend` is 64-bit.
 fn hits() -> impl Strategy<Value = u64> {
     prop_oneof![
-        2 => Just(0u64),
-        8 => 1u64..4,
-        2 => 4u64..20,
+        4 => Just(0u64),
+        16 => 1u64..4,
+        4 => 4u64..20,
+        1 => Just(u64::from(u32::MAX)),
+        1 => Just(u64::MAX),
+    ]
+}
+
+fn burst() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![
+        4 => Just(None),
+        4 => (1u64..12).prop_map(Some),
+        1 => Just(Some(u64::from(u32::MAX))),
     ]
 }
 
 fn counter() -> impl Strategy<Value = Counter> {
-    (
-        0u8..3,
-        algorithm(),
-        window_secs(),
-        limit(),
-        prop::option::of(1u64..12),
-    )
-        .prop_map(|(name, algorithm, window_secs, limit, burst)| Counter {
+    (0u8..3, algorithm(), window_secs(), limit(), burst()).prop_map(
+        |(name, algorithm, window_secs, limit, burst)| Counter {
             name,
             algorithm,
             window_secs,
             limit,
             capacity: burst.unwrap_or(limit),
-        })
+        },
+    )
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -188,7 +203,9 @@ fn run_case(
             .block_on(redis.apply(&ops, step.dry_run))
             .map_err(|e| TestCaseError::fail(format!("Redis store failed: {e}")))?;
         clock.set_ms(remote.now_ms);
-        let local = memory.apply_now(&ops, step.dry_run);
+        let local = memory
+            .apply_now(&ops, step.dry_run)
+            .map_err(|e| TestCaseError::fail(format!("memory store failed: {e}")))?;
         prop_assert_eq!(
             &local,
             &remote,

@@ -1,6 +1,9 @@
-//! Redis stalled, killed, restarted, or not there yet: every call is answered within the
-//! deadline, `/readyz` tells why the service is not ready, and it recovers by itself.
-//! Latencies are printed as figures; the assertions only bound them loosely (no hang).
+//! Redis stalled, killed, restarted, refusing writes, or not there yet: every call is
+//! answered within the deadline, `/readyz` tells why the service is not ready, and it
+//! recovers by itself; a call answered as failed is never counted later; quota given back
+//! is usable through the over-limit cache at once on the same replica, within its TTL on
+//! another. Latencies are printed as figures; the assertions only bound them loosely (no
+//! hang).
 
 use std::time::{Duration, Instant};
 
@@ -174,12 +177,14 @@ async fn on_backend_error_allow_and_deny() {
 #[tokio::test]
 async fn full_counters_are_answered_without_touching_redis() {
     let redis = RedisServer::start();
-    let (_dir, rls) = start_with_timeout(&redis.url(), 2_000, &[]);
+    // A TTL longer than the test: the cache alone answers (by default an entry is asked
+    // again once a second).
+    let (_dir, rls) = start_with_timeout(&redis.url(), 2_000, &["--over-limit-cache-ttl", "1h"]);
     let mut c = rls.client().await;
     for _ in 0..5 {
         assert_eq!(timed(&mut c, req("hot")).await.0, Ok(Code::Ok as i32));
     }
-    let before = redis.command_calls("evalsha");
+    let before = counter_reads(&redis);
     for _ in 0..200 {
         assert_eq!(
             timed(&mut c, req("hot")).await.0,
@@ -187,14 +192,196 @@ async fn full_counters_are_answered_without_touching_redis() {
         );
     }
     assert_eq!(
-        redis.command_calls("evalsha"),
+        counter_reads(&redis),
         before,
         "Redis saw no traffic for the full counter"
     );
     assert_eq!(timed(&mut c, req("other")).await.0, Ok(Code::Ok as i32));
     assert_eq!(
-        redis.command_calls("evalsha"),
+        counter_reads(&redis),
         before + 1,
         "other counters still go to Redis"
     );
+}
+
+/// Key lookups Redis has served (`keyspace_hits` + `keyspace_misses`): reads of counters.
+/// The readiness probe reads none (its only command is a write that finds no key), so this
+/// counts the traffic requests cause.
+fn counter_reads(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "stats"]);
+    ["keyspace_hits:", "keyspace_misses:"]
+        .iter()
+        .map(|field| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .expect("INFO stats has keyspace_hits and keyspace_misses")
+        })
+        .sum()
+}
+
+/// True while the server takes more than 200 ms to answer a PING (it is asleep).
+fn unresponsive(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    s.read(&mut buf).is_err()
+}
+
+#[tokio::test]
+async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let (_dir, rls) = start(&redis.url(), &["--on-backend-error", "deny"]);
+    let mut c = rls.client().await;
+    // Healthy first: the service learns the offset of Redis' clock from the replies.
+    until_ok(&mut c, Duration::from_secs(10)).await;
+    rls.wait_ready(Duration::from_secs(5));
+
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "3"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    integration_tests::eventually(Duration::from_secs(5), "Redis asleep", || {
+        unresponsive(port).then_some(())
+    });
+    // Answered OVER_LIMIT per --on-backend-error deny; the first ones reach Redis' input
+    // buffer (then the circuit opens and the rest are answered without sending).
+    for i in 0..6 {
+        let (out, took) = timed(&mut c, req("stalled")).await;
+        assert_eq!(out, Ok(Code::OverLimit as i32), "call {i} during the stall");
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS + HANG_MS),
+            "call {i} hung for {took:?}"
+        );
+    }
+    assert_eq!(sleeper.join().unwrap().trim(), "OK", "DEBUG SLEEP ran");
+
+    // Redis is awake and has run what was queued: the service recovers, and none of the
+    // calls it answered during the stall counted.
+    until_ok(&mut c, Duration::from_secs(10)).await;
+    let keys = redis.cli(&["--scan", "--pattern", "*stalled*"]);
+    assert_eq!(
+        keys.trim(),
+        "",
+        "a call answered during the stall was counted"
+    );
+    let mut check = req("stalled");
+    check.descriptors[0].hits_addend = Some(0);
+    let resp = c.should_rate_limit(check).await.unwrap().into_inner();
+    assert_eq!(resp.statuses[0].limit_remaining, 5);
+}
+
+#[tokio::test]
+async fn readiness_runs_the_script_and_fails_while_redis_refuses_writes() {
+    let redis = RedisServer::start();
+    let (_dir, rls) = start_with_timeout(&redis.url(), 2_000, &[]);
+    rls.wait_ready(Duration::from_secs(10));
+
+    // maxmemory reached with noeviction: PING still answers, every count would fail.
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let body = integration_tests::eventually(Duration::from_secs(5), "/readyz 503", || {
+        let (status, body) = rls.admin_get("/readyz");
+        (status == 503).then_some(body)
+    });
+    assert!(body.contains("OOM"), "the reason is given: {body}");
+    let mut c = rls.client().await;
+    assert_eq!(
+        timed(&mut c, req("oom")).await.0,
+        Err(tonic::Code::Unavailable),
+        "what readiness said: a count fails"
+    );
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    rls.wait_ready(Duration::from_secs(10));
+    assert_eq!(timed(&mut c, req("oom")).await.0, Ok(Code::Ok as i32));
+}
+
+#[tokio::test]
+async fn readiness_fails_for_a_user_that_may_not_run_scripts() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL", "SETUSER", "rls", "on", ">secret", "~*", "+@all", "-evalsha",
+    ]);
+    let url = format!("redis://rls:secret@127.0.0.1:{}", redis.port);
+    let (_dir, rls) = start_with_timeout(&url, 2_000, &[]);
+    let body = integration_tests::eventually(Duration::from_secs(10), "/readyz 503", || {
+        let (status, body) = rls.admin_get("/readyz");
+        (status == 503 && body.contains("permissions to run the 'evalsha' command")).then_some(body)
+    });
+    println!("{}", body.trim());
+    redis.cli(&["ACL", "SETUSER", "rls", "+evalsha"]);
+    rls.wait_ready(Duration::from_secs(10));
+}
+
+/// `n` hits given back (is_negative_hits) by `consumer`.
+fn give_back(consumer: &str, n: u64) -> RateLimitRequest {
+    let mut r = req(consumer);
+    r.descriptors[0].hits_addend = Some(n);
+    r.descriptors[0].is_negative_hits = true;
+    r
+}
+
+#[tokio::test]
+async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() {
+    let redis = RedisServer::start();
+    let (_dir, one) = start_with_timeout(&redis.url(), 2_000, &[]);
+    let (_dir2, two) =
+        start_with_timeout(&redis.url(), 2_000, &["--over-limit-cache-ttl", "300ms"]);
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    until_ok(&mut a, Duration::from_secs(10)).await;
+    until_ok(&mut b, Duration::from_secs(10)).await;
+    for _ in 0..5 {
+        assert_eq!(timed(&mut a, req("giver")).await.0, Ok(Code::Ok as i32));
+    }
+    // Replica two learns the counter is full, then both answer it from their caches.
+    assert_eq!(
+        timed(&mut b, req("giver")).await.0,
+        Ok(Code::OverLimit as i32)
+    );
+    let reads = counter_reads(&redis);
+    for c in [&mut a, &mut b] {
+        for _ in 0..3 {
+            assert_eq!(timed(c, req("giver")).await.0, Ok(Code::OverLimit as i32));
+        }
+    }
+    assert_eq!(
+        counter_reads(&redis),
+        reads,
+        "the replicas answered from their caches"
+    );
+
+    // Three hits given back through replica one: usable through it on the next request.
+    assert_eq!(
+        timed(&mut a, give_back("giver", 3)).await.0,
+        Ok(Code::Ok as i32)
+    );
+    assert_eq!(
+        timed(&mut a, req("giver")).await.0,
+        Ok(Code::Ok as i32),
+        "the give-back dropped this replica's cache entry"
+    );
+    // Replica two learns it when its entry's TTL passes (a window is an hour).
+    let t = Instant::now();
+    loop {
+        if timed(&mut b, req("giver")).await.0 == Ok(Code::Ok as i32) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "replica two never saw the quota given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("replica two admitted again after {:?}", t.elapsed());
 }

@@ -174,19 +174,17 @@ async fn strict_algorithms_keep_documented_keys_with_an_expiry() {
     };
     let out = store.apply(&[sliding, bucket], false).await.unwrap();
     assert!(out.committed);
-    let log = "rls:{d:e}:p:/a:c:c%3A1:15000:s";
+    let log = "rls:{d:e}:p:/a:c:c%3A1:15000:l";
     let gcra = "rls:{d:e}:p:/a:c:c%3A1:15000:b";
     let mut keys: Vec<String> = redis.cli(&["--scan"]).lines().map(str::to_owned).collect();
     keys.sort();
     assert_eq!(keys, vec![gcra.to_owned(), log.to_owned()]);
-    // The log holds one admit time per hit, newest first; it expires with its newest.
+    // The log holds one element per admit time: "<time>:<running total>:<hits>"; it
+    // expires with its newest.
     let now = out.now_ms.to_string();
     assert_eq!(
-        redis
-            .cli(&["LRANGE", log, "0", "-1"])
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        vec![now.as_str(), now.as_str()]
+        redis.cli(&["LRANGE", log, "0", "-1"]).trim(),
+        format!("{now}:2:2")
     );
     let ttl: i64 = redis.cli(&["PTTL", log]).trim().parse().unwrap();
     assert!(ttl > 0 && ttl <= 15_000, "PTTL {ttl}");

@@ -121,6 +121,7 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
             shadow_mode: args.shadow_mode,
             // Only a remote store is worth sparing; the memory store is as fast as the cache.
             over_limit_cache: redis.is_some(),
+            over_limit_cache_ttl: args.over_limit_cache_ttl,
         },
     ));
     let installer = Arc::new(Installer::new(limiter.clone(), metrics.clone()));
@@ -239,7 +240,10 @@ fn build_store(
 ) -> anyhow::Result<(Arc<dyn CounterStore>, Option<String>)> {
     let target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
         (Some(url), _) => RedisTarget::Single(url.clone()),
-        (None, []) => return Ok((Arc::new(MemoryStore::new(clock.clone())), None)),
+        (None, []) => {
+            let store = MemoryStore::with_max_counters(clock.clone(), args.memory_max_counters);
+            return Ok((Arc::new(store), None));
+        }
         (None, nodes) => RedisTarget::Cluster(nodes.to_vec()),
     };
     let password = args

@@ -5,8 +5,7 @@
 //! conformance suite and the differential test (`integration-tests/tests/differential.rs`)
 //! hold both to the same answers. Each algorithm is one module with three steps:
 //!
-//! - `load`: a counter's stored state at `now`, as a `Sim` (a sliding log drops its
-//!   expired hits on the way);
+//! - `load`: a counter's stored state at `now`, as a `Sim` (reads only);
 //! - `decide`: one op against a sim: the op's [`CounterState`] and the sim after it;
 //! - `commit`: writes a sim back.
 //!
@@ -14,24 +13,35 @@
 //! each other's hits), then commits every sim, or none when an enforcing op is over (or on
 //! a dry run). A blocked batch reports each counter as stored: the same `decide` with 0
 //! hits on the sim as loaded.
+//!
+//! Bounded cost (docs/algorithms.md, "Bounded cost"): whatever an op's hits or limit, it
+//! costs O(1) state and O(log n) time per counter (n: the admit times in a sliding
+//! window); the store holds at most `max_counters` counters and refuses a new one past it
+//! (a [`StoreError::Capacity`]) rather than evict a live one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::clock::{Clock, window};
-use super::store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreFuture};
+use super::clock::Clock;
+use super::store::{
+    BatchOutcome, CounterOp, CounterState, CounterStore, MAX_EXACT, StoreError, StoreFuture,
+};
 use crate::config::Algorithm;
 use crate::descriptor::CounterKey;
 
 /// How often (at most) expired state is swept, in ms of the store's clock.
 const SWEEP_INTERVAL_MS: u64 = 1_000;
 
+/// Counters a store holds by default (`--memory-max-counters`).
+pub const DEFAULT_MAX_COUNTERS: usize = 1_000_000;
+
 /// Where one counter's state lives. The algorithm and the window length are part of it, so a
 /// rule whose algorithm changes starts from fresh state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Slot {
-    /// One fixed window: (key, window ms, window start ms).
-    Fixed(CounterKey, u64, u64),
+    /// A fixed window: (key, window ms). It holds the current window only: the next one
+    /// takes its place.
+    Fixed(CounterKey, u64),
     /// A sliding log: (key, window ms).
     Log(CounterKey, u64),
     /// A bucket: (key, window ms).
@@ -39,12 +49,10 @@ enum Slot {
 }
 
 impl Slot {
-    fn of(op: &CounterOp, now: u64) -> Slot {
-        let win = window_ms(op);
+    fn of(op: &CounterOp) -> Slot {
+        let win = op.window_ms();
         match op.algorithm {
-            Algorithm::FixedWindow => {
-                Slot::Fixed(op.key.clone(), win, window(now, op.window_secs).0)
-            }
+            Algorithm::FixedWindow => Slot::Fixed(op.key.clone(), win),
             Algorithm::SlidingWindow => Slot::Log(op.key.clone(), win),
             Algorithm::TokenBucket => Slot::Bucket(op.key.clone(), win),
         }
@@ -59,37 +67,54 @@ enum Sim {
     Bucket(bucket::Sim),
 }
 
+impl Sim {
+    /// True when committing it leaves state behind.
+    fn holds_state(&self) -> bool {
+        match self {
+            Sim::Fixed(s) => s.holds_state(),
+            Sim::Log(s) => s.holds_state(),
+            Sim::Bucket(s) => s.holds_state(),
+        }
+    }
+}
+
 /// The in-memory [`CounterStore`]. One mutex makes a whole batch (check and count of all
-/// of a request's counters) one atomic step; the critical section is a few hash lookups per
-/// counter (plus trimming a sliding log's expired hits, amortised O(1)).
+/// of a request's counters) one atomic step; the critical section is a few hash lookups
+/// and, for a sliding window, a binary search per counter.
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
+    max_counters: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    counts: HashMap<Slot, u64>,
-    /// Admit times (ms), oldest first.
-    logs: HashMap<Slot, VecDeque<u64>>,
+    counts: HashMap<Slot, fixed::Stored>,
+    logs: HashMap<Slot, sliding::Log>,
     buckets: HashMap<Slot, bucket::Stored>,
     next_sweep_ms: u64,
 }
 
 impl MemoryStore {
-    /// An empty store reading time from `clock`.
+    /// An empty store reading time from `clock`, holding up to [`DEFAULT_MAX_COUNTERS`].
     pub fn new(clock: Arc<dyn Clock>) -> Self {
+        MemoryStore::with_max_counters(clock, DEFAULT_MAX_COUNTERS)
+    }
+
+    /// An empty store holding up to `max_counters` counters (`--memory-max-counters`).
+    pub fn with_max_counters(clock: Arc<dyn Clock>, max_counters: usize) -> Self {
         MemoryStore {
             clock,
+            max_counters,
             state: Mutex::new(State::default()),
         }
     }
 
-    /// Number of live counter slots (expired ones are dropped at the next sweep).
+    /// Number of counters held (expired ones are dropped at the next sweep, within a
+    /// second).
     pub fn len(&self) -> usize {
-        let s = self.lock();
-        s.counts.len() + s.logs.len() + s.buckets.len()
+        self.lock().len()
     }
 
     /// True when no counter is held.
@@ -104,7 +129,7 @@ impl MemoryStore {
     }
 
     /// The synchronous core of [`CounterStore::apply`].
-    pub fn apply_now(&self, ops: &[CounterOp], dry_run: bool) -> BatchOutcome {
+    pub fn apply_now(&self, ops: &[CounterOp], dry_run: bool) -> Result<BatchOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         if now >= state.next_sweep_ms {
@@ -120,7 +145,7 @@ impl MemoryStore {
         let mut states = Vec::with_capacity(ops.len());
         let mut blocked = dry_run;
         for op in ops {
-            let slot = Slot::of(op, now);
+            let slot = Slot::of(op);
             let sim = match sims.get(&slot) {
                 Some(sim) => *sim,
                 None => {
@@ -143,21 +168,29 @@ impl MemoryStore {
                 *s = blocked_report(*s, stored);
             }
         } else {
+            // A counter the store does not hold yet needs room; a full store refuses the
+            // request rather than evict a live counter.
+            let new = sims
+                .iter()
+                .filter(|(slot, sim)| sim.holds_state() && !state.holds(slot))
+                .count();
+            if new > 0 && state.len() + new > self.max_counters {
+                return Err(StoreError::Capacity(format!(
+                    "the memory store holds {} counters, its limit (--memory-max-counters {})",
+                    state.len(),
+                    self.max_counters
+                )));
+            }
             for (slot, sim) in sims {
                 state.commit(slot, sim, now);
             }
         }
-        BatchOutcome {
+        Ok(BatchOutcome {
             now_ms: now,
             committed: !blocked,
             states,
-        }
+        })
     }
-}
-
-/// The window length in ms.
-fn window_ms(op: &CounterOp) -> u64 {
-    op.window_secs.max(1).saturating_mul(1000)
 }
 
 /// `op` with 0 hits: how the blocked report reads a counter.
@@ -187,23 +220,35 @@ fn blocked_report(decided: CounterState, stored: CounterState) -> CounterState {
 }
 
 impl State {
+    fn len(&self) -> usize {
+        self.counts.len() + self.logs.len() + self.buckets.len()
+    }
+
+    fn holds(&self, slot: &Slot) -> bool {
+        match slot {
+            Slot::Fixed(..) => self.counts.contains_key(slot),
+            Slot::Log(..) => self.logs.contains_key(slot),
+            Slot::Bucket(..) => self.buckets.contains_key(slot),
+        }
+    }
+
     /// Drops state that can no longer change an answer.
     fn sweep(&mut self, now: u64) {
-        self.counts.retain(|slot, _| match slot {
-            Slot::Fixed(_, len, start) => start + len > now,
+        self.counts.retain(|slot, c| match slot {
+            Slot::Fixed(_, win) => c.start.saturating_add(*win) > now,
             _ => false,
         });
         self.logs.retain(|slot, log| match slot {
-            Slot::Log(_, win) => log.back().is_some_and(|&t| t + win > now),
+            Slot::Log(_, win) => log.newest().is_some_and(|t| t.saturating_add(*win) > now),
             _ => false,
         });
         self.buckets.retain(|_, b| b.until > now);
     }
 
-    fn load(&mut self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
+    fn load(&self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
         match slot {
-            Slot::Fixed(_, len, start) => Sim::Fixed(fixed::load(self, slot, start + len, now)),
-            Slot::Log(_, win) => Sim::Log(sliding::load(self, slot, *win, now)),
+            Slot::Fixed(_, win) => Sim::Fixed(fixed::load(self, slot, *win, now)),
+            Slot::Log(_, win) => Sim::Log(sliding::load(self.logs.get(slot), *win, now)),
             Slot::Bucket(..) => Sim::Bucket(bucket::load(self, slot, op, now)),
         }
     }
@@ -227,19 +272,31 @@ impl State {
 
     fn commit(&mut self, slot: Slot, sim: Sim, now: u64) {
         match sim {
-            Sim::Fixed(sim) => fixed::commit(self, slot, sim),
-            Sim::Log(sim) => sliding::commit(self, slot, sim, now),
+            Sim::Fixed(sim) => fixed::commit(&mut self.counts, slot, sim),
+            Sim::Log(sim) => sliding::commit(&mut self.logs, slot, sim),
             Sim::Bucket(sim) => bucket::commit(self, slot, sim, now),
         }
     }
 }
 
-/// Fixed window: one count per window, aligned to the epoch; dropped when the window ends.
+/// Fixed window: one count per window, windows aligned to the epoch; a counter holds its
+/// current window only, and is dropped when that window ends.
 mod fixed {
-    use super::{CounterOp, CounterState, Slot, State};
+    use std::collections::HashMap;
+
+    use super::{CounterOp, CounterState, MAX_EXACT, Slot, State};
+
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Stored {
+        /// The window's start, ms.
+        pub(super) start: u64,
+        count: u64,
+    }
 
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Sim {
+        /// The current window's start, ms.
+        start: u64,
         /// The count as stored.
         stored: u64,
         /// The count after the batch's ops so far.
@@ -248,12 +305,25 @@ mod fixed {
         reset_ms: u64,
     }
 
-    pub(super) fn load(state: &State, slot: &Slot, ends: u64, now: u64) -> Sim {
-        let stored = state.counts.get(slot).copied().unwrap_or(0);
+    impl Sim {
+        pub(super) fn holds_state(&self) -> bool {
+            self.count > 0
+        }
+    }
+
+    pub(super) fn load(state: &State, slot: &Slot, win: u64, now: u64) -> Sim {
+        let start = now - now % win;
+        // A count of an earlier window is no longer counted.
+        let stored = state
+            .counts
+            .get(slot)
+            .filter(|c| c.start == start)
+            .map_or(0, |c| c.count);
         Sim {
+            start,
             stored,
             count: stored,
-            reset_ms: ends.saturating_sub(now),
+            reset_ms: start.saturating_add(win) - now,
         }
     }
 
@@ -263,7 +333,8 @@ mod fixed {
         let after = if op.negative {
             count.saturating_sub(hits)
         } else {
-            count.saturating_add(hits)
+            // A shadow-mode count goes past its limit; it stops at 2^53 (as in Lua).
+            count.saturating_add(hits).min(MAX_EXACT)
         };
         let state = CounterState {
             before: count,
@@ -281,73 +352,143 @@ mod fixed {
         )
     }
 
-    pub(super) fn commit(state: &mut State, slot: Slot, sim: Sim) {
+    pub(super) fn commit(counts: &mut HashMap<Slot, Stored>, slot: Slot, sim: Sim) {
         if sim.count == sim.stored {
             return;
         }
         if sim.count == 0 {
-            state.counts.remove(&slot);
+            counts.remove(&slot);
         } else {
-            state.counts.insert(slot, sim.count);
+            counts.insert(
+                slot,
+                Stored {
+                    start: sim.start,
+                    count: sim.count,
+                },
+            );
         }
     }
 }
 
-/// Sliding window: a log of admit times, one per hit; a hit at t counts in (t, t + window].
+/// Sliding window: a log of admit times, one entry per admit time with the hits admitted
+/// then (never one per hit); a hit at t counts in (t, t + window].
+///
+/// Each entry keeps the running total of the hits logged up to and including it, so the
+/// hits in the window are one subtraction, the k-th oldest hit is a binary search, expired
+/// entries leave in one `drain`, and a give-back cuts the log at one entry (splitting it).
 mod sliding {
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
 
-    use super::{CounterOp, CounterState, Slot, State, window_ms};
+    use super::{CounterOp, CounterState, Slot};
 
-    /// `stored` logged hits in the window; of them the newest `pop` are to be removed, and
-    /// `add` hits at now are to be logged.
+    /// One admit time: when, and the running total of hits logged up to and including it.
+    /// Totals wrap (mod 2^64): only differences within one log are read, and they are far
+    /// smaller (a log holds at most limit + 1 hits).
+    #[derive(Debug, Clone, Copy)]
+    struct Entry {
+        at: u64,
+        total: u64,
+    }
+
+    /// A stored log, oldest first.
+    #[derive(Debug, Default)]
+    pub(super) struct Log {
+        entries: VecDeque<Entry>,
+        /// The running total before the first entry.
+        base: u64,
+    }
+
+    impl Log {
+        /// The newest admit time.
+        pub(super) fn newest(&self) -> Option<u64> {
+            self.entries.back().map(|e| e.at)
+        }
+
+        /// Number of admit times held.
+        #[cfg(test)]
+        pub(super) fn entries_len(&self) -> usize {
+            self.entries.len()
+        }
+
+        /// The running total before entry `i`.
+        fn total_before(&self, i: usize) -> u64 {
+            match i.checked_sub(1) {
+                Some(j) => self.entries[j].total,
+                None => self.base,
+            }
+        }
+
+        /// The index of the entry holding the `k`-th hit (1-based) counted from entry
+        /// `from` (k must not exceed the hits from there on).
+        fn find(&self, from: usize, k: u64) -> usize {
+            let target = self.total_before(from).wrapping_sub(self.base) + k;
+            self.entries
+                .partition_point(|e| e.total.wrapping_sub(self.base) < target)
+        }
+    }
+
+    /// The log as the batch sees it: `stored` hits in the window, from entry `cut` on (the
+    /// ones before have left); of them the newest `pop` are to be removed, and `add` hits
+    /// at `stamp` (now, or the newest admit time if the clock went back) to be logged.
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Sim {
+        cut: usize,
         stored: u64,
         pop: u64,
         add: u64,
+        stamp: u64,
     }
 
-    pub(super) fn load(state: &mut State, slot: &Slot, win: u64, now: u64) -> Sim {
-        let stored = match state.logs.get_mut(slot) {
-            Some(log) => {
-                // A hit at t counts in (t, t + window]: at t + window it has left.
-                while log.front().is_some_and(|&t| t + win <= now) {
-                    log.pop_front();
-                }
-                log.len() as u64
-            }
-            None => 0,
-        };
-        Sim {
-            stored,
+    impl Sim {
+        pub(super) fn holds_state(&self) -> bool {
+            self.stored - self.pop + self.add > 0
+        }
+    }
+
+    pub(super) fn load(log: Option<&Log>, win: u64, now: u64) -> Sim {
+        let mut sim = Sim {
+            cut: 0,
+            stored: 0,
             pop: 0,
             add: 0,
+            stamp: now,
+        };
+        let Some(log) = log else { return sim };
+        // A hit at t counts in (t, t + window]: at t + window it has left.
+        sim.cut = log
+            .entries
+            .partition_point(|e| e.at.saturating_add(win) <= now);
+        if let Some(newest) = log.entries.back() {
+            sim.stored = newest.total.wrapping_sub(log.total_before(sim.cut));
+            sim.stamp = now.max(newest.at);
         }
+        sim
     }
 
     pub(super) fn decide(
         op: &CounterOp,
         sim: Sim,
-        log: Option<&VecDeque<u64>>,
+        log: Option<&Log>,
         now: u64,
     ) -> (CounterState, Sim) {
-        let win = window_ms(op);
+        let win = op.window_ms();
         let (limit, hits) = (op.limit, op.hits);
-        let Sim { stored, pop, add } = sim;
+        let Sim {
+            stored, pop, add, ..
+        } = sim;
         let count = stored - pop + add;
-        // The k-th oldest hit in the simulated log (1-based): a kept stored one, or now.
+        // The k-th oldest hit of the log as simulated (1-based): a kept stored one, or one
+        // logged now.
         let kth = |k: u64, pop: u64| -> u64 {
-            if k <= stored - pop {
-                log.and_then(|l| l.get(usize::try_from(k - 1).ok()?).copied())
-                    .unwrap_or(now)
-            } else {
-                now
+            match log {
+                Some(log) if k <= stored - pop => log.entries[log.find(sim.cut, k)].at,
+                _ => sim.stamp,
             }
         };
-        let leaves = |t: u64| (t + win).saturating_sub(now);
+        let leaves = |t: u64| t.saturating_add(win).saturating_sub(now);
         let over = !op.negative && (limit == 0 || count.saturating_add(hits) > limit);
         let (pop, add, after) = if op.negative {
+            // The newest hits go first: those of this batch, then the stored ones.
             let from_new = hits.min(add);
             let from_stored = (hits - from_new).min(stored - pop);
             (
@@ -356,8 +497,8 @@ mod sliding {
                 count - from_new - from_stored,
             )
         } else {
-            // A shadow-mode log counts past its limit, but one entry past it is enough to
-            // stay over: the log never holds more than limit + 1 entries.
+            // A shadow-mode log counts past its limit, but one hit past it is enough to
+            // stay over: the log never holds more than limit + 1 hits.
             let logged = if over {
                 hits.min((limit + 1).saturating_sub(count))
             } else {
@@ -389,37 +530,67 @@ mod sliding {
             reset_ms,
             remaining: limit.saturating_sub(after),
         };
-        (state, Sim { stored, pop, add })
+        (state, Sim { pop, add, ..sim })
     }
 
-    pub(super) fn commit(state: &mut State, slot: Slot, sim: Sim, now: u64) {
-        let Sim { stored, pop, add } = sim;
+    pub(super) fn commit(logs: &mut HashMap<Slot, Log>, slot: Slot, sim: Sim) {
+        let Sim {
+            cut,
+            stored,
+            pop,
+            add,
+            stamp,
+        } = sim;
         if pop == 0 && add == 0 {
             return;
         }
-        let log = state.logs.entry(slot.clone()).or_default();
-        log.truncate(usize::try_from(stored - pop).unwrap_or(usize::MAX));
-        log.extend(std::iter::repeat_n(now, usize::try_from(add).unwrap_or(0)));
-        if log.is_empty() {
-            state.logs.remove(&slot);
+        let log = logs.entry(slot.clone()).or_default();
+        // Expired entries leave in one step, whatever their number.
+        if cut > 0 {
+            log.base = log.entries[cut - 1].total;
+            log.entries.drain(..cut);
+        }
+        let keep = stored - pop;
+        if pop > 0 {
+            if keep == 0 {
+                log.entries.clear();
+            } else {
+                // Cut after the entry holding the keep-th hit; it keeps its part up to it.
+                let i = log.find(0, keep);
+                log.entries.truncate(i + 1);
+                log.entries[i].total = log.base.wrapping_add(keep);
+            }
+        }
+        if add > 0 {
+            let total = log
+                .entries
+                .back()
+                .map_or(log.base, |e| e.total)
+                .wrapping_add(add);
+            match log.entries.back_mut() {
+                // One entry per admit time.
+                Some(e) if e.at == stamp => e.total = total,
+                _ => log.entries.push_back(Entry { at: stamp, total }),
+            }
+        }
+        if log.entries.is_empty() {
+            logs.remove(&slot);
         }
     }
 }
 
 /// Token bucket (GCRA). The state is `debt`: how far the theoretical arrival time is ahead of
 /// `at`, in units of 1/`window ms` of a token: taking a token adds `window ms`, and each ms
-/// drains `limit`. Integers keep it exact (the Redis script holds the same two numbers).
+/// drains `limit`. Integers keep it exact (the Redis script holds the same two numbers, and
+/// [`CounterOp::bucket_capacity`] keeps them below 2^53 there).
 mod bucket {
-    use super::{CounterOp, CounterState, Slot, State, window_ms};
-
-    /// Lua numbers are doubles: a shadow-mode bucket's debt stays below 2^53, as there.
-    const MAX_DEBT: u64 = (1 << 53) - 1;
+    use super::{CounterOp, CounterState, MAX_EXACT, Slot, State};
 
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Stored {
         debt: u64,
         at: u64,
-        /// When the debt is paid off (the bucket is full): the state can be dropped then.
+        /// When the debt is paid off (the bucket is full): the state is gone then.
         pub(super) until: u64,
     }
 
@@ -435,6 +606,12 @@ mod bucket {
         win: u64,
     }
 
+    impl Sim {
+        pub(super) fn holds_state(&self) -> bool {
+            self.debt > 0
+        }
+    }
+
     pub(super) fn load(state: &State, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
         // Past `until` the state is gone, as a Redis key past its expiry.
         let debt = state
@@ -446,13 +623,13 @@ mod bucket {
             stored: debt,
             debt,
             limit: op.limit,
-            win: window_ms(op),
+            win: op.window_ms(),
         }
     }
 
     pub(super) fn decide(op: &CounterOp, sim: Sim) -> (CounterState, Sim) {
-        let win = window_ms(op);
-        let (limit, hits, cap, debt) = (op.limit, op.hits, op.capacity, sim.debt);
+        let win = op.window_ms();
+        let (limit, hits, cap, debt) = (op.limit, op.hits, op.bucket_capacity(), sim.debt);
         let cost = |n: u64| u128::from(n) * u128::from(win);
         let full = cost(cap);
         let tokens = |d: u64| {
@@ -465,15 +642,16 @@ mod bucket {
         } else {
             u128::from(debt) + cost(hits)
         };
-        let new_debt = u64::try_from(new_debt.min(MAX_DEBT.into())).unwrap_or(MAX_DEBT);
+        // A shadow-mode bucket's debt goes past its capacity; it stops at 2^53 (as in Lua).
+        let new_debt = u64::try_from(new_debt.min(MAX_EXACT.into())).unwrap_or(MAX_EXACT);
         let reset_ms = if limit == 0 {
             win
         } else if over && hits > cap {
             // Never fits: the time until the bucket is full.
-            div_ceil(debt, limit)
+            debt.div_ceil(limit)
         } else if over {
             let excess = u128::from(debt) + cost(hits) - full;
-            div_ceil(u64::try_from(excess).unwrap_or(u64::MAX), limit)
+            u64::try_from(excess.div_ceil(u128::from(limit))).unwrap_or(u64::MAX)
         } else {
             next_token_ms(new_debt, cap, win, limit)
         };
@@ -506,7 +684,7 @@ mod bucket {
         let until = if sim.limit == 0 {
             now.saturating_add(sim.win)
         } else {
-            now.saturating_add(div_ceil(sim.debt, sim.limit))
+            now.saturating_add(sim.debt.div_ceil(sim.limit))
         };
         state.buckets.insert(
             slot,
@@ -522,11 +700,6 @@ mod bucket {
     fn drain(debt: u64, elapsed_ms: u64, limit: u64) -> u64 {
         let drained = u128::from(elapsed_ms) * u128::from(limit);
         u64::try_from(u128::from(debt).saturating_sub(drained)).unwrap_or(u64::MAX)
-    }
-
-    /// `ceil(a / b)` for b > 0.
-    fn div_ceil(a: u64, b: u64) -> u64 {
-        a.div_ceil(b.max(1))
     }
 
     /// The ms until a bucket with `debt` holds one more whole token; 0 when it is full.
@@ -545,10 +718,11 @@ mod bucket {
         u64::try_from(wait).unwrap_or(u64::MAX)
     }
 }
+
 impl CounterStore for MemoryStore {
     fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome> {
         let outcome = self.apply_now(ops, dry_run);
-        Box::pin(async move { Ok(outcome) })
+        Box::pin(async move { outcome })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -585,11 +759,108 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_000_000_000));
         let store = MemoryStore::new(clock.clone());
         for i in 0..100 {
-            store.apply_now(&[op(&format!("k{i}"), 10, 1)], false);
+            store
+                .apply_now(&[op(&format!("k{i}"), 10, 1)], false)
+                .unwrap();
         }
         assert_eq!(store.len(), 100);
         clock.advance_ms(60_000);
-        store.apply_now(&[op("fresh", 10, 1)], false);
+        store.apply_now(&[op("fresh", 10, 1)], false).unwrap();
+        assert_eq!(store.len(), 1);
+    }
+
+    fn log_op(limit: u64, hits: u64) -> CounterOp {
+        CounterOp {
+            algorithm: Algorithm::SlidingWindow,
+            ..op("log", limit, hits)
+        }
+    }
+
+    /// Entries of the one sliding log the store holds.
+    fn log_entries(store: &MemoryStore) -> usize {
+        let s = store.lock();
+        s.logs.values().map(|l| l.entries_len()).sum()
+    }
+
+    #[test]
+    fn a_sliding_log_holds_one_entry_per_admit_time_whatever_the_hits() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let max = u64::from(u32::MAX);
+        // The request that once made the store allocate 34 GB: one entry.
+        let out = store.apply_now(&[log_op(max, max)], false).unwrap();
+        assert!(out.committed);
+        assert_eq!((out.states[0].after, out.states[0].remaining), (max, 0));
+        assert_eq!(log_entries(&store), 1);
+        // Never fits: over at once, nothing written.
+        let out = store.apply_now(&[log_op(max, max)], false).unwrap();
+        assert!(!out.committed && out.states[0].over);
+        assert_eq!(out.states[0].reset_ms, 60_000, "until the log is empty");
+        assert_eq!(log_entries(&store), 1);
+        // A shadow op past the limit logs one hit past it, in the same entry.
+        let shadow = CounterOp {
+            enforce: false,
+            ..log_op(max, max)
+        };
+        let out = store.apply_now(&[shadow], false).unwrap();
+        assert_eq!(out.states[0].after, max + 1);
+        assert_eq!(log_entries(&store), 1);
+    }
+
+    #[test]
+    fn expired_entries_leave_in_one_step_and_give_backs_split_an_entry() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        for _ in 0..10_000 {
+            clock.advance_ms(1);
+            store.apply_now(&[log_op(1_000_000, 3)], false).unwrap();
+        }
+        assert_eq!(log_entries(&store), 10_000);
+        // Past the window, one more admit drops all 10 000 expired entries at once.
+        clock.advance_ms(60_000);
+        let out = store.apply_now(&[log_op(1_000_000, 2)], false).unwrap();
+        assert_eq!((out.states[0].before, out.states[0].after), (0, 2));
+        assert_eq!(log_entries(&store), 1);
+        // Three admit times of 2, 3 and 4 hits; giving back 5 takes the newest 4 and one of
+        // the 3, leaving entries of 2 and 2.
+        clock.advance_ms(1);
+        store.apply_now(&[log_op(1_000_000, 3)], false).unwrap();
+        clock.advance_ms(1);
+        store.apply_now(&[log_op(1_000_000, 4)], false).unwrap();
+        let back = CounterOp {
+            negative: true,
+            ..log_op(1_000_000, 5)
+        };
+        let out = store.apply_now(&[back], false).unwrap();
+        assert_eq!((out.states[0].before, out.states[0].after), (9, 4));
+        assert_eq!(log_entries(&store), 2);
+        // The oldest hits leave at their own time: 2 of them 60 s after the first admit.
+        clock.advance_ms(60_000 - 2);
+        let out = store.apply_now(&[log_op(1_000_000, 0)], false).unwrap();
+        assert_eq!(out.states[0].before, 2, "the split entry's 2 hits are left");
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_counters_and_evicts_none() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::with_max_counters(clock.clone(), 2);
+        store.apply_now(&[op("a", 10, 1)], false).unwrap();
+        store.apply_now(&[log_op(10, 1)], false).unwrap();
+        let err = store.apply_now(&[op("c", 10, 1)], false).unwrap_err();
+        assert!(matches!(err, StoreError::Capacity(_)), "{err}");
+        assert_eq!(err.kind(), "capacity");
+        // Held counters keep counting; a check or a rejected request needs no room.
+        let out = store.apply_now(&[op("a", 10, 1)], false).unwrap();
+        assert_eq!(out.states[0].after, 2);
+        assert!(store.apply_now(&[op("c", 10, 0)], false).is_ok());
+        assert!(store.apply_now(&[op("c", 0, 1)], false).is_ok());
+        // A fixed window's next window takes its place: no new room needed.
+        clock.advance_ms(60_000);
+        let out = store.apply_now(&[op("a", 10, 1)], false).unwrap();
+        assert_eq!(out.states[0].after, 1);
+        // Expired state is swept, and makes room.
+        clock.advance_ms(120_000);
+        store.apply_now(&[op("c", 10, 1)], false).unwrap();
         assert_eq!(store.len(), 1);
     }
 
@@ -602,8 +873,9 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..500 {
                         // Two counters per request: the shared one and one per thread group.
-                        let out =
-                            store.apply_now(&[op("shared", 1000, 1), op("other", 5000, 1)], false);
+                        let out = store
+                            .apply_now(&[op("shared", 1000, 1), op("other", 5000, 1)], false)
+                            .unwrap();
                         if out.committed {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -613,7 +885,7 @@ mod tests {
         });
         assert_eq!(admitted.into_inner(), 1000);
         // Rejected requests consumed nothing on the second counter.
-        let out = store.apply_now(&[op("other", 5000, 0)], false);
+        let out = store.apply_now(&[op("other", 5000, 0)], false).unwrap();
         assert_eq!(out.states[0].before, 1000);
     }
 
@@ -666,7 +938,7 @@ mod tests {
                     negative: a.negative,
                     ..op.clone()
                 };
-                let out = store.apply_now(&[this], false);
+                let out = store.apply_now(&[this], false).unwrap();
                 (out.now_ms, a.clone(), out.states[0], out.committed)
             })
             .collect()

@@ -22,11 +22,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MAX_COUNTERS, MemoryStore};
 pub use over_limit_cache::OverLimitCache;
 pub use request::{Descriptor, InvalidRequest, Request};
 pub use snapshot::Snapshot;
-pub use store::{BatchOutcome, CounterOp, CounterState, CounterStore, StoreError, StoreFuture};
+pub use store::{
+    BatchOutcome, CounterOp, CounterState, CounterStore, MAX_EXACT, StoreError, StoreFuture,
+};
 
 use crate::config::{Algorithm, Unit};
 use crate::descriptor::{CounterRule, Resolved, RuleSet, Unmatched};
@@ -107,13 +109,29 @@ pub enum LimitError {
 }
 
 /// Options that change answers, not rules.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LimiterOptions {
     /// Global shadow mode: `overall_code` is never OVER_LIMIT; statuses stay truthful.
     pub shadow_mode: bool,
     /// Answer requests that hit a counter known to be full without asking the store, until
-    /// its window ends (for a shared, remote store).
+    /// its window ends or `over_limit_cache_ttl` passes (for a shared, remote store).
     pub over_limit_cache: bool,
+    /// How long a full counter is answered locally at most (`--over-limit-cache-ttl`): how
+    /// soon quota given back through another replica is seen here.
+    pub over_limit_cache_ttl: Duration,
+}
+
+/// `--over-limit-cache-ttl`'s default.
+pub const DEFAULT_OVER_LIMIT_CACHE_TTL: Duration = Duration::from_secs(1);
+
+impl Default for LimiterOptions {
+    fn default() -> Self {
+        LimiterOptions {
+            shadow_mode: false,
+            over_limit_cache: false,
+            over_limit_cache_ttl: DEFAULT_OVER_LIMIT_CACHE_TTL,
+        }
+    }
 }
 
 /// Most counters the over-limit cache remembers.
@@ -143,9 +161,9 @@ impl RateLimiter {
             store,
             clock,
             options,
-            full: options
-                .over_limit_cache
-                .then(|| OverLimitCache::new(OVER_LIMIT_CACHE_CAPACITY)),
+            full: options.over_limit_cache.then(|| {
+                OverLimitCache::new(OVER_LIMIT_CACHE_CAPACITY, options.over_limit_cache_ttl)
+            }),
         }
     }
 
@@ -217,7 +235,7 @@ impl RateLimiter {
         } else {
             self.store.apply(&ops, reject_all).await?
         };
-        self.remember_full(&ops, &outcome);
+        self.update_cache(&ops, &outcome);
 
         let counters: Vec<CounterOutcome> = owners
             .into_iter()
@@ -336,11 +354,19 @@ impl RateLimiter {
         })
     }
 
-    /// Remembers every enforcing counter that is now full.
-    fn remember_full(&self, ops: &[CounterOp], outcome: &BatchOutcome) {
+    /// Remembers every enforcing counter that is now full, and forgets every counter this
+    /// request gave hits back to (the quota is usable through this replica at once:
+    /// docs/counter-store.md §6).
+    fn update_cache(&self, ops: &[CounterOp], outcome: &BatchOutcome) {
         let Some(full) = &self.full else { return };
         let now = self.clock.now_ms();
         for (op, s) in ops.iter().zip(&outcome.states) {
+            if op.negative {
+                if outcome.committed {
+                    full.forget(op);
+                }
+                continue;
+            }
             let count = if outcome.committed { s.after } else { s.before };
             if op.algorithm == Algorithm::FixedWindow
                 && op.enforce

@@ -35,6 +35,26 @@ pub struct CounterOp {
     pub enforce: bool,
 }
 
+/// Lua numbers are doubles: the Redis store counts exactly below 2^53, and both stores bound
+/// what they count by it so they give the same answers.
+pub const MAX_EXACT: u64 = (1 << 53) - 1;
+
+impl CounterOp {
+    /// The window in ms, at most [`MAX_EXACT`] (285 000 years: only a limit override can
+    /// ask for more).
+    pub fn window_ms(&self) -> u64 {
+        self.window_secs.max(1).saturating_mul(1000).min(MAX_EXACT)
+    }
+
+    /// A token bucket's capacity, bounded so that `capacity × window ms` (its state when
+    /// empty, docs/algorithms.md) stays below 2^53. The loader refuses a `burst` past it; a
+    /// limit override (whose limit sizes the bucket, over the override's window) is held to
+    /// it here: a bucket of more than 104 million tokens per day holds 104 million.
+    pub fn bucket_capacity(&self) -> u64 {
+        self.capacity.min(MAX_EXACT / self.window_ms())
+    }
+}
+
 /// A counter's state as one batch saw it.
 ///
 /// `before` and `after` are hits counted against the limit: a fixed window's count, the hits
@@ -73,12 +93,28 @@ pub struct BatchOutcome {
 /// Why a store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The backend did not answer in time.
+    /// The backend did not answer in time (or, on Redis, the call reached the server after
+    /// its deadline and changed nothing: docs/counter-store.md §10).
     #[error("counter store timed out")]
     Timeout,
     /// The backend is unreachable or refused.
     #[error("counter store unavailable: {0}")]
     Unavailable(String),
+    /// The store holds as many counters as it may (`--memory-max-counters`) and the request
+    /// needed a new one; no counter is evicted to make room.
+    #[error("counter store full: {0}")]
+    Capacity(String),
+}
+
+impl StoreError {
+    /// The `kind` label of `ratelimit_backend_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Capacity(_) => "capacity",
+        }
+    }
 }
 
 /// Where counters live. Implementations must make [`CounterStore::apply`] atomic with

@@ -15,8 +15,14 @@
 -- as loaded.
 --
 -- KEYS[i]  counter i's key, without algorithm and window (all KEYS of one call share a
---          hash tag)
--- ARGV[1]  "1": dry run, count nothing
+--          hash tag); for a probe, KEYS[1] is the probe key and there are no counters
+-- ARGV[1]  mode: "0" count, "1" dry run (count nothing), "2" readiness probe: a dry run
+--          that also proves this server runs what requests need (the script, and a write:
+--          SET XX on a key that never exists, a no-op that a server refusing writes, at
+--          maxmemory with noeviction or by ACL, refuses as it would refuse a count)
+-- ARGV[2]  deadline, ms of this server's clock ("0": none). A call that starts after it sat
+--          too long in a stalled server's input buffer: the service has answered it as
+--          failed already, so it changes nothing and says so (docs/counter-store.md §10)
 -- then 7 fields per counter (decode() is the one place that reads them):
 --   algorithm   "f" fixed window, "s" sliding window, "b" token bucket
 --   window      length in ms
@@ -26,15 +32,16 @@
 --   enforce     "1", or "0" (shadow mode: over limit does not block the others)
 --   capacity    a bucket's capacity in tokens (ignored otherwise)
 --
--- Returns (reply() is the one place that writes it) {now_ms, committed (0/1), then per
--- counter: before, after, over (0/1), reset_ms, remaining}.
+-- Returns (reply() is the one place that writes it) {now_ms, status, then per counter:
+-- before, after, over (0/1), reset_ms, remaining}; status 1: committed, 0: not (a counter
+-- was over, or a dry run), 2: past the deadline, nothing read or written, no counters.
 
-local FIELDS = 7
+local HEADER, FIELDS = 2, 7
 
 local function decode()
   local counters = {}
-  for i = 1, #KEYS do
-    local a = 1 + (i - 1) * FIELDS
+  for i = 1, (#ARGV - HEADER) / FIELDS do
+    local a = HEADER + (i - 1) * FIELDS
     counters[i] = {
       key = KEYS[i],
       algorithm = ARGV[a + 1],
@@ -46,11 +53,11 @@ local function decode()
       capacity = tonumber(ARGV[a + 7]),
     }
   end
-  return ARGV[1] == '1', counters
+  return ARGV[1], tonumber(ARGV[2]), counters
 end
 
-local function reply(committed, states)
-  local out = {now, committed and 1 or 0}
+local function reply(status, states)
+  local out = {now, status}
   for _, s in ipairs(states) do
     out[#out + 1] = s.before
     out[#out + 1] = s.after
@@ -87,14 +94,19 @@ end
 
 function fixed.load(c, name)
   local n = tonumber(redis.call('GET', name) or '0')
-  return {name = name, stored = n, count = n, reset = now - (now % c.win) + c.win - now}
+  return {name = name, stored = n, count = n, reset = c.win - (now % c.win)}
 end
 
 function fixed.decide(c, sim)
   local count = sim.count
   local over = (not c.negative) and (c.limit == 0 or count + c.hits > c.limit)
   local after
-  if c.negative then after = math.max(count - c.hits, 0) else after = count + c.hits end
+  if c.negative then
+    after = math.max(count - c.hits, 0)
+  else
+    -- A shadow-mode count goes past its limit; it stops at 2^53, where doubles stay exact.
+    after = math.min(count + c.hits, MAX_EXACT)
+  end
   local state = {before = count, after = after, over = over, reset = sim.reset,
                  remaining = math.max(0, c.limit - after)}
   return state, {name = sim.name, stored = sim.stored, count = after, reset = sim.reset}
@@ -105,52 +117,93 @@ function fixed.commit(sim)
   if sim.count == 0 then
     redis.call('DEL', sim.name)
   else
-    redis.call('SET', sim.name, fmt(sim.count), 'PX', sim.reset)
+    redis.call('SET', sim.name, fmt(sim.count), 'PX', fmt(sim.reset))
   end
 end
 
 -- Sliding window ----------------------------------------------------------------------
--- A sim: `stored` logged hits in the window; of them the newest `pop` are to be removed,
--- and `add` hits at now are to be logged.
+-- The log (common.lua): a list of admit times, newest first, each with its hits and the
+-- running total. A sim: the log's `n` elements, of which the oldest `cut` have left;
+-- `stored` hits in the window, between the elements `first` and `newest` (with their
+-- positions, 0 the oldest), above the running total `base`; of them the newest `pop` are to
+-- be removed, and `add` hits at `stamp` (now, or the newest admit time if the clock went
+-- back) to be logged.
 
 function sliding.slot(c)
   return sliding.name(c.key, c.win)
 end
 
 function sliding.load(c, name)
-  -- A hit at t counts in (t, t + window]: drop the ones that have left (oldest last).
-  local last = redis.call('LINDEX', name, -1)
-  while last and tonumber(last) + c.win <= now do
-    redis.call('RPOP', name)
-    last = redis.call('LINDEX', name, -1)
+  local sim = {name = name, win = c.win, n = 0, cut = 0, stored = 0, pop = 0, add = 0,
+               stamp = now}
+  local n = redis.call('LLEN', name)
+  if n == 0 then return sim end
+  sim.n = n
+  local newest = sliding.at(name, n, n - 1)
+  sim.stamp = math.max(now, newest.at)
+  -- A hit at t counts in (t, t + window]: at t + window it has left. (Differences of times
+  -- first: a window may be as long as 2^53 ms, and t + window would not be exact.)
+  if now - newest.at >= c.win then
+    sim.cut = n
+    return sim
   end
-  return {name = name, win = c.win, stored = redis.call('LLEN', name), pop = 0, add = 0}
+  local cut = sliding.gallop(0, n - 1, function(p)
+    return now - sliding.at(name, n, p).at < c.win
+  end)
+  local first = newest
+  if cut < n - 1 then first = sliding.at(name, n, cut) end
+  sim.cut, sim.first, sim.newest = cut, first, newest
+  sim.base = (first.total - first.hits) % TOTAL_MOD
+  sim.stored = (newest.total - sim.base) % TOTAL_MOD
+  return sim
 end
 
--- The k-th oldest hit (1-based) of a log whose newest `pop` stored hits are removed: a
--- kept stored one, or one logged now.
-local function kth(sim, k, pop)
-  if k <= sim.stored - pop then
-    return tonumber(redis.call('LINDEX', sim.name, -k))
+-- The element holding the k-th oldest stored hit (1 <= k <= stored): the first or the
+-- newest element, else a galloping search on the running totals from the nearer end.
+local function find(sim, k)
+  if k <= sim.first.hits then return sim.first end
+  if k > sim.stored - sim.newest.hits then return sim.newest end
+  local name, n = sim.name, sim.n
+  local function hits_to(e) return (e.total - sim.base) % TOTAL_MOD end
+  local lo, hi = sim.first.pos + 1, sim.newest.pos - 1
+  local p
+  if k <= sim.stored / 2 then
+    -- From the oldest: the first element whose total reaches k.
+    p = sliding.gallop(lo, hi, function(q) return hits_to(sliding.at(name, n, q)) >= k end)
+  else
+    -- From the newest: the first element, going back, whose hits before it are under k.
+    p = hi - sliding.gallop(0, hi - lo, function(d)
+      local e = sliding.at(name, n, hi - d)
+      return hits_to(e) - e.hits < k
+    end)
   end
-  return now
+  return sliding.at(name, n, p)
+end
+
+-- The time of the k-th oldest hit (1-based) of the log as simulated, whose newest `pop`
+-- stored hits are removed: a kept stored one, or one logged now.
+local function kth(sim, k, pop)
+  if k <= sim.stored - pop then return find(sim, k).at end
+  return sim.stamp
 end
 
 function sliding.decide(c, sim)
   local limit, hits, win = c.limit, c.hits, c.win
   local stored, pop, add = sim.stored, sim.pop, sim.add
   local count = stored - pop + add
+  local function leaves(t) return win - (now - t) end
   local over = (not c.negative) and (limit == 0 or count + hits > limit)
   local after
   if c.negative then
+    -- The newest hits go first: those of this batch, then the stored ones.
     local from_new = math.min(hits, add)
     local from_stored = math.min(hits - from_new, stored - pop)
     add = add - from_new
     pop = pop + from_stored
     after = count - from_new - from_stored
   else
-    -- A shadow-mode log counts past its limit, but one entry past it is enough to stay
-    -- over: the log never holds more than limit + 1 entries.
+    -- A shadow-mode log counts past its limit, but one hit past it is enough to stay
+    -- over: the log never holds more than limit + 1 hits.
     local logged = hits
     if over then logged = math.min(hits, math.max(0, limit + 1 - count)) end
     add = add + logged
@@ -160,40 +213,70 @@ function sliding.decide(c, sim)
   if over then
     if limit == 0 or hits > limit then
       -- Never fits: the time until the log is empty.
-      if count == 0 then reset = win else reset = kth(sim, count, pop) + win - now end
+      if count == 0 then reset = win else reset = leaves(kth(sim, count, pop)) end
     else
       -- The oldest `count + hits - limit` hits must leave first.
-      reset = kth(sim, count + hits - limit, pop) + win - now
+      reset = leaves(kth(sim, count + hits - limit, pop))
     end
   elseif after == 0 then
     reset = 0
   else
-    reset = kth(sim, 1, pop) + win - now
+    reset = leaves(kth(sim, 1, pop))
   end
   local state = {before = count, after = after, over = over, reset = math.max(0, reset),
                  remaining = math.max(0, limit - after)}
-  return state, {name = sim.name, win = win, stored = stored, pop = pop, add = add}
+  local later = {}
+  for k, v in pairs(sim) do later[k] = v end
+  later.pop, later.add = pop, add
+  return state, later
 end
 
 function sliding.commit(sim)
+  if sim.pop == 0 and sim.add == 0 then return end
+  local name = sim.name
+  -- What stays of the stored log: `kept` live elements from head index `drop` on (the
+  -- newer ones go with the pop, the expired tail goes too), the newest of them `head`.
+  local head, kept, drop, rewrite = sim.newest, sim.n - sim.cut, 0, false
   if sim.pop > 0 then
-    redis.call('LTRIM', sim.name, sim.pop, -1)
+    local keep = sim.stored - sim.pop
+    if keep == 0 then
+      head, kept = nil, 0
+    else
+      -- Cut after the element holding the keep-th hit; it keeps its part up to it.
+      local e = find(sim, keep)
+      drop = sim.newest.pos - e.pos
+      kept = e.pos - sim.cut + 1
+      head = {at = e.at, total = (sim.base + keep) % TOTAL_MOD,
+              hits = e.hits - ((e.total - sim.base) % TOTAL_MOD - keep)}
+      rewrite = true
+    end
   end
+  local new = nil
   if sim.add > 0 then
-    local stamp = fmt(now)
-    local left = sim.add
-    while left > 0 do
-      local chunk = {}
-      for j = 1, math.min(left, 1000) do chunk[j] = stamp end
-      redis.call('LPUSH', sim.name, unpack(chunk))
-      left = left - #chunk
+    if head and head.at == sim.stamp then
+      -- One element per admit time.
+      head = {at = head.at, total = (head.total + sim.add) % TOTAL_MOD,
+              hits = head.hits + sim.add}
+      rewrite = true
+    else
+      local total = sim.add
+      if head then total = (head.total + sim.add) % TOTAL_MOD end
+      new = {at = sim.stamp, total = total, hits = sim.add}
     end
-    redis.call('PEXPIRE', sim.name, sim.win)
-  elseif sim.pop > 0 then
-    local newest = redis.call('LINDEX', sim.name, 0)
-    if newest then
-      redis.call('PEXPIRE', sim.name, math.max(1, tonumber(newest) + sim.win - now))
-    end
+  end
+  if kept == 0 then
+    redis.call('DEL', name)
+  elseif drop > 0 or sim.cut > 0 then
+    -- The popped and the expired elements leave in one step, whatever their number.
+    redis.call('LTRIM', name, drop, drop + kept - 1)
+  end
+  if rewrite then redis.call('LSET', name, 0, sliding.format(head)) end
+  if new then
+    redis.call('LPUSH', name, sliding.format(new))
+    head = new
+  end
+  if head then
+    redis.call('PEXPIRE', name, fmt(math.max(1, sim.win - (now - head.at))))
   end
 end
 
@@ -213,9 +296,11 @@ function bucket.decide(c, sim)
   local limit, hits, win, cap, debt = c.limit, c.hits, c.win, c.capacity, sim.debt
   local full = cap * win
   local function tokens(d)
-    return math.min(cap, math.floor(math.max(0, full - d) / win))
+    return math.min(cap, floor_div(math.max(0, full - d), win))
   end
-  local over = (not c.negative) and (limit == 0 or hits > cap or debt + hits * win > full)
+  -- Products and sums are formed where they stay below 2^53 (hits * win only once hits
+  -- fit the capacity), so each comparison is exact.
+  local over = (not c.negative) and (limit == 0 or hits > cap or hits * win > full - debt)
   local new_debt
   if c.negative then new_debt = math.max(0, debt - hits * win) else new_debt = debt + hits * win end
   -- A shadow-mode bucket counts past its capacity; keep its debt an exact integer.
@@ -227,7 +312,7 @@ function bucket.decide(c, sim)
     -- Never fits: the time until the bucket is full.
     reset = ceil_div(debt, limit)
   elseif over then
-    reset = ceil_div(debt + hits * win - full, limit)
+    reset = ceil_div((debt - full) + hits * win, limit)
   elseif new_debt == 0 then
     reset = 0
   else
@@ -254,11 +339,17 @@ end
 
 local ALGORITHMS = {f = fixed, s = sliding, b = bucket}
 
-local dry_run, counters = decode()
+local mode, deadline, counters = decode()
+if deadline > 0 and now >= deadline then
+  return reply(2, {})
+end
+if mode == '2' then
+  redis.call('SET', KEYS[1], '', 'XX')
+end
 -- Per state key: the sim as loaded, the sim after the ops so far, its algorithm; `order`
 -- lists the keys by first use, so commits run in a stable order.
 local loaded, sims, kinds, order, states = {}, {}, {}, {}, {}
-local blocked = dry_run
+local blocked = mode ~= '0'
 for i, c in ipairs(counters) do
   local algorithm = ALGORITHMS[c.algorithm]
   local slot = algorithm.slot(c)
@@ -280,10 +371,10 @@ if blocked then
     local stored = ALGORITHMS[c.algorithm].decide(check_only(c), loaded[c.slot])
     states[i] = blocked_report(states[i], stored)
   end
-  return reply(false, states)
+  return reply(0, states)
 end
 
 for _, slot in ipairs(order) do
   kinds[slot].commit(sims[slot])
 end
-return reply(true, states)
+return reply(1, states)

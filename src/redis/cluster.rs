@@ -16,7 +16,8 @@ use ::redis::cluster_async::ClusterConnection;
 use arc_swap::ArcSwapOption;
 use futures_util::future::join_all;
 
-use super::{PROBE_INTERVAL, RedisStore, script};
+use super::script::{self, Mode};
+use super::{PROBE_INTERVAL, RedisStore};
 use crate::limiter::{BatchOutcome, CounterOp, StoreError};
 
 impl RedisStore {
@@ -33,12 +34,12 @@ impl RedisStore {
         }
         if groups.len() == 1 {
             let all: Vec<&CounterOp> = ops.iter().collect();
-            return self.run_script(&all, dry_run).await;
+            return self.run_script(&all, Mode::of(dry_run)).await;
         }
         let groups: Vec<Vec<usize>> = groups.into_values().collect();
         let results = join_all(groups.iter().map(|idx| {
             let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
-            async move { self.run_script(&group, dry_run).await }
+            async move { self.run_script(&group, Mode::of(dry_run)).await }
         }))
         .await;
 
@@ -114,7 +115,8 @@ impl RedisStore {
             }
             if !retaken.is_empty() {
                 let retaken: Vec<&CounterOp> = retaken.iter().collect();
-                let inv = script::invocation(&self.key_prefix, &retaken, false);
+                // No deadline: an undo is right whenever it runs.
+                let inv = script::invocation(&self.key_prefix, &retaken, Mode::Count, None);
                 self.undo(inv).await;
             }
         }

@@ -29,19 +29,47 @@ end
 -- The window the hits went into, unless it has ended.
 function fixed.give_back(c, taken)
   local name = fixed.name(c.key, c.win, taken)
-  local ends = taken - (taken % c.win) + c.win
-  if ends <= now then return end
+  -- What is left of that window now (differences first: exact for any window length).
+  local left = c.win - (taken % c.win) - (now - taken)
+  if left <= 0 then return end
   local count = math.max(0, tonumber(redis.call('GET', name) or '0') - c.hits)
   if count == 0 then
     redis.call('DEL', name)
   else
-    redis.call('SET', name, fmt(count), 'PX', ends - now)
+    redis.call('SET', name, fmt(count), 'PX', fmt(left))
   end
 end
 
--- Entries with one time are interchangeable: removing `hits` of them is exact.
+-- The call's hits are in the element of its admit time (hits of one time are
+-- interchangeable, so taking them from that element is exact); the elements after it lose
+-- them from their running totals. That rewrites the elements admitted since the call (one
+-- round trip ago, at the head of the list): their number is bounded by the calls made
+-- meanwhile, never by hits.
 function sliding.give_back(c, taken)
-  redis.call('LREM', sliding.name(c.key, c.win), c.hits, fmt(taken))
+  local name = sliding.name(c.key, c.win)
+  local since, i = {}, 0
+  while true do
+    local v = redis.call('LINDEX', name, i)
+    -- Gone already (expired, or given back by a negative request): nothing to undo.
+    if not v then return end
+    local e = sliding.parse(v)
+    if e.at < taken then return end
+    since[#since + 1] = e
+    if e.at == taken then break end
+    i = i + 1
+  end
+  local give = math.min(c.hits, since[#since].hits)
+  for j, e in ipairs(since) do
+    e.total = (e.total - give) % TOTAL_MOD
+    if j == #since then e.hits = e.hits - give end
+    if e.hits > 0 then
+      redis.call('LSET', name, j - 1, sliding.format(e))
+    else
+      -- Marked, then removed: LREM finds it where it is, near the head.
+      redis.call('LSET', name, j - 1, '-')
+      redis.call('LREM', name, 1, '-')
+    end
+  end
 end
 
 -- Untouched since that call: returning the tokens is exact (the debt only drained since,

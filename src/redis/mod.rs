@@ -1,8 +1,11 @@
 //! `RedisStore`: counters shared by every replica in one Redis or one Redis Cluster.
 //!
-//! Owns the check-and-count script, connections (multiplexed and pipelined: concurrent
-//! requests share them), per-call deadlines and the circuit breaker. Implements
-//! [`CounterStore`] and passes the same conformance suite as the memory store.
+//! Owns the scripts (`script.rs` and the Lua beside it), connections (multiplexed and
+//! pipelined: concurrent requests share them), per-call deadlines, both the local one and
+//! the one each script call carries on the server's clock (`deadline.rs`: a call answered
+//! as failed never counts later), the circuit breaker, and readiness (a probe run of the
+//! script, not PING). Implements [`CounterStore`] and passes the same conformance suite as
+//! the memory store, and the differential test against it.
 //!
 //! Single node: one script call per request, whatever the number of counters (one round
 //! trip). Redis Cluster: one script per hash tag, concurrently, and a give-back where a
@@ -10,6 +13,7 @@
 
 mod breaker;
 mod cluster;
+mod deadline;
 mod script;
 pub mod url;
 
@@ -24,6 +28,8 @@ use arc_swap::ArcSwapOption;
 
 use crate::limiter::{BatchOutcome, CounterOp, CounterStore, StoreError, StoreFuture};
 use breaker::Breaker;
+use deadline::ServerClock;
+use script::{Mode, Reply};
 
 /// How often an open circuit probes Redis.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -123,6 +129,7 @@ pub struct RedisStore {
     timeout: Duration,
     key_prefix: String,
     breaker: Arc<Breaker>,
+    server_clock: ServerClock,
     described: String,
 }
 
@@ -194,6 +201,7 @@ impl RedisStore {
             timeout: options.timeout,
             key_prefix: options.key_prefix,
             breaker: Arc::new(Breaker::default()),
+            server_clock: ServerClock::default(),
             described,
         });
         tokio::spawn(probe(Arc::downgrade(&store)));
@@ -242,17 +250,31 @@ impl RedisStore {
         ))
     }
 
-    async fn run_script(
-        &self,
-        ops: &[&CounterOp],
-        dry_run: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        let inv = script::invocation(&self.key_prefix, ops, dry_run);
+    /// One check-and-count call, carrying its deadline on the server's clock; every reply
+    /// teaches the store that clock's offset (`deadline.rs`).
+    async fn run_script(&self, ops: &[&CounterOp], mode: Mode) -> Result<BatchOutcome, StoreError> {
+        let deadline = self
+            .server_clock
+            .deadline(self.server_clock.local_ms(), self.timeout);
+        let inv = script::invocation(&self.key_prefix, ops, mode, deadline);
         let mut conn = self.live()?;
         let reply: Vec<i64> = self
             .guarded(async move { inv.invoke_async(&mut conn).await })
             .await?;
-        script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)
+        match script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)? {
+            Reply::Ran(out) => {
+                self.server_clock.observe(out.now_ms);
+                Ok(out)
+            }
+            Reply::Expired { now_ms } => {
+                // It sat in Redis past the moment the service gave up on it: answered as a
+                // timeout, and nothing was counted.
+                self.server_clock.observe(now_ms);
+                self.breaker
+                    .failure("a call reached Redis after its deadline and changed nothing");
+                Err(StoreError::Timeout)
+            }
+        }
     }
 }
 
@@ -269,18 +291,11 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
 }
 
 impl RedisStore {
+    /// Readiness runs what requests need, not PING: the check-and-count script (EVALSHA,
+    /// which an ACL may refuse; reloaded on NOSCRIPT) with a write that changes nothing
+    /// (refused when Redis refuses writes, at `maxmemory` with `noeviction`).
     async fn ping_now(&self) -> Result<(), StoreError> {
-        let mut conn = self.live()?;
-        let pong: String = self
-            .guarded(async move { ::redis::cmd("PING").query_async(&mut conn).await })
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable(format!(
-                "unexpected PING reply {pong:?}"
-            )))
-        }
+        self.run_script(&[], Mode::Probe).await.map(|_| ())
     }
 }
 
@@ -293,7 +308,7 @@ impl CounterStore for RedisStore {
             match &self.connection {
                 Connection::Single(_) => {
                     let all: Vec<&CounterOp> = ops.iter().collect();
-                    self.run_script(&all, dry_run).await
+                    self.run_script(&all, Mode::of(dry_run)).await
                 }
                 Connection::Cluster(_) => self.apply_cluster(ops, dry_run).await,
             }

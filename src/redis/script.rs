@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use crate::config::Algorithm;
-use crate::limiter::{BatchOutcome, CounterOp, CounterState};
+use crate::limiter::{BatchOutcome, CounterOp, CounterState, MAX_EXACT};
 
 /// The check-and-count script, loaded once; invoked by SHA (EVALSHA), reloaded on NOSCRIPT
 /// by the client.
@@ -25,26 +25,52 @@ pub static GIVE_BACK: LazyLock<::redis::Script> = LazyLock::new(|| {
     ))
 });
 
-/// Lua numbers are doubles: counts and hits stay exact below 2^53.
-const MAX_EXACT: u64 = (1 << 53) - 1;
+/// What a check-and-count call is for (the script's ARGV[1]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Check, and count unless a counter is over.
+    Count,
+    /// Check only.
+    DryRun,
+    /// Readiness: a dry run that also proves the server accepts the script's writes.
+    Probe,
+}
+
+impl Mode {
+    /// A request's mode.
+    pub fn of(dry_run: bool) -> Mode {
+        if dry_run { Mode::DryRun } else { Mode::Count }
+    }
+}
 
 /// Builds one check-and-count call for `ops`; each key is `prefix:` + the counter key.
+/// `deadline_ms` (server clock) makes a call that starts later change nothing.
 pub fn invocation<'a>(
     prefix: &str,
     ops: &[&CounterOp],
-    dry_run: bool,
+    mode: Mode,
+    deadline_ms: Option<u64>,
 ) -> ::redis::ScriptInvocation<'a> {
     let mut inv = CHECK_AND_COUNT.prepare_invoke();
-    inv.arg(if dry_run { "1" } else { "0" });
+    inv.arg(match mode {
+        Mode::Count => "0",
+        Mode::DryRun => "1",
+        Mode::Probe => "2",
+    })
+    .arg(deadline_ms.unwrap_or(0));
+    if mode == Mode::Probe {
+        // A key that never exists (the probe's SET XX leaves it so).
+        inv.key(format!("{prefix}:probe"));
+    }
     for op in ops {
         inv.key(format!("{prefix}:{}", op.key));
         inv.arg(algorithm(op))
-            .arg(window_ms(op))
+            .arg(op.window_ms())
             .arg(op.limit.min(MAX_EXACT))
             .arg(op.hits.min(MAX_EXACT))
             .arg(if op.negative { "1" } else { "0" })
             .arg(if op.enforce { "1" } else { "0" })
-            .arg(op.capacity.min(MAX_EXACT));
+            .arg(op.bucket_capacity());
     }
     inv
 }
@@ -61,7 +87,7 @@ pub fn give_back_invocation<'a>(
     for op in ops {
         inv.key(format!("{prefix}:{}", op.key));
         inv.arg(algorithm(op))
-            .arg(window_ms(op))
+            .arg(op.window_ms())
             .arg(op.limit.min(MAX_EXACT))
             .arg(op.hits.min(MAX_EXACT));
     }
@@ -76,20 +102,32 @@ fn algorithm(op: &CounterOp) -> &'static str {
     }
 }
 
-fn window_ms(op: &CounterOp) -> u64 {
-    op.window_secs.max(1).saturating_mul(1000).min(MAX_EXACT)
+/// A check-and-count reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The call ran.
+    Ran(BatchOutcome),
+    /// The call started after its deadline and changed nothing; the server's clock then.
+    Expired {
+        /// Server time, ms.
+        now_ms: u64,
+    },
 }
 
 /// Parses the check-and-count reply for `n` counters.
-pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
-    if reply.len() != 2 + 5 * n {
-        return Err(format!(
-            "script returned {} values for {n} counters",
-            reply.len()
-        ));
-    }
+pub fn parse_reply(reply: &[i64], n: usize) -> Result<Reply, String> {
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok(BatchOutcome {
+    match reply {
+        [now, 2] => return Ok(Reply::Expired { now_ms: u(*now) }),
+        _ if reply.len() == 2 + 5 * n => {}
+        _ => {
+            return Err(format!(
+                "script returned {} values for {n} counters",
+                reply.len()
+            ));
+        }
+    }
+    Ok(Reply::Ran(BatchOutcome {
         now_ms: u(reply[0]),
         committed: reply[1] == 1,
         states: reply[2..]
@@ -102,15 +140,18 @@ pub fn parse_reply(reply: &[i64], n: usize) -> Result<BatchOutcome, String> {
                 remaining: u(c[4]),
             })
             .collect(),
-    })
+    }))
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn replies_are_checked_and_parsed() {
-        let out = parse_reply(&[1_000, 1, 4, 5, 0, 59_000, 5], 1).unwrap();
+        let Reply::Ran(out) = parse_reply(&[1_000, 1, 4, 5, 0, 59_000, 5], 1).unwrap() else {
+            panic!("a call that ran");
+        };
         assert_eq!(out.now_ms, 1_000);
         assert!(out.committed);
         assert_eq!(
@@ -124,5 +165,10 @@ mod tests {
             }
         );
         assert!(parse_reply(&[1, 1, 4], 1).is_err());
+        assert_eq!(
+            parse_reply(&[7, 2], 3).unwrap(),
+            Reply::Expired { now_ms: 7 },
+            "past its deadline: no counters"
+        );
     }
 }
