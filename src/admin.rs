@@ -191,6 +191,9 @@ pub async fn readiness(s: &AdminState) -> Result<(), String> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    if let Some((counters, max)) = s.limiter.store().occupancy() {
+        s.metrics.memory_occupancy(counters, max);
+    }
     (
         [(
             header::CONTENT_TYPE,

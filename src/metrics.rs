@@ -70,6 +70,10 @@ pub struct Metrics {
     /// `ratelimit_config_info{sha256}`: 1 for the configuration served, so replicas serving
     /// different files show as different series (docs/observability.md, IroncladRlsConfigDrift).
     config_info: IntGaugeVec,
+    /// `ratelimit_memory_counters{store="memory"}` and its bound: set at each scrape, and
+    /// only by a store with a counter bound, so a Redis-backed replica shows neither.
+    memory_counters: IntGaugeVec,
+    memory_max_counters: IntGaugeVec,
     near_limit_ratio: f64,
     consumers: Mutex<HashSet<String>>,
     detailed_rules: Mutex<HashSet<String>>,
@@ -206,6 +210,16 @@ impl Metrics {
             &["sha256"],
         )?;
         registry.register(Box::new(config_info.clone()))?;
+        let memory_counters = gauge(
+            "ratelimit_memory_counters",
+            "Counters the in-memory store holds now.",
+            &["store"],
+        )?;
+        let memory_max_counters = gauge(
+            "ratelimit_memory_max_counters",
+            "Counters the in-memory store may hold (--memory-max-counters).",
+            &["store"],
+        )?;
         Ok(Metrics {
             registry,
             hits,
@@ -223,6 +237,8 @@ impl Metrics {
             accept_errors,
             admin_refusals,
             config_info,
+            memory_counters,
+            memory_max_counters,
             near_limit_ratio,
             consumers: Mutex::new(HashSet::new()),
             detailed_rules: Mutex::new(HashSet::new()),
@@ -285,6 +301,17 @@ impl Metrics {
     /// `too_large`).
     pub fn admin_refused(&self, reason: &str) {
         self.admin_refusals.with_label_values(&[reason]).inc();
+    }
+
+    /// Records the in-memory store's counters and bound (read at each scrape).
+    pub fn memory_occupancy(&self, counters: usize, max: usize) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.memory_counters
+            .with_label_values(&["memory"])
+            .set(n(counters));
+        self.memory_max_counters
+            .with_label_values(&["memory"])
+            .set(n(max));
     }
 
     /// Records the served configuration's hash: one series, the previous one removed.
@@ -480,5 +507,9 @@ impl CounterStore for TimedStore {
 
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn occupancy(&self) -> Option<(usize, usize)> {
+        self.inner.occupancy()
     }
 }

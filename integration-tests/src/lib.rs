@@ -244,6 +244,12 @@ impl Rls {
         http_post(self.admin_addr, path, body)
     }
 
+    /// `POST path` on the admin listener with `Authorization: Bearer token` (a service run
+    /// with `--admin-token-file`): (status, body).
+    pub fn admin_post_with_token(&self, path: &str, body: &str, token: &str) -> (u16, String) {
+        http(self.admin_addr, "POST", path, body, Some(token))
+    }
+
     /// The value of one sample of `/metrics`: the line of metric `name` whose labels include
     /// every `(label, value)` given.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -273,22 +279,29 @@ impl Drop for Rls {
 
 /// A minimal HTTP/1.1 GET (the admin side is plain HTTP; no client crate needed).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, "GET", path, "")
+    http(addr, "GET", path, "", None)
 }
 
 /// A minimal HTTP/1.1 POST of a JSON body.
 pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    http(addr, "POST", path, body)
+    http(addr, "POST", path, body, None)
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to admin");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n")),
         body.len()
     )
     .expect("send request");

@@ -278,6 +278,16 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("a VmRSS line")
 }
 
+/// The admin token the huge-request services run with.
+const TOKEN: &str = "huge-requests";
+
+/// A token file for `--admin-token-file`, in `dir`.
+fn token_file(dir: &tempfile::TempDir) -> String {
+    let path = dir.path().join("admin-token");
+    std::fs::write(&path, TOKEN).expect("write the token file");
+    path.to_str().expect("UTF-8 path").to_owned()
+}
+
 /// Sends the huge request over gRPC and `POST /json`, first on fresh counters (it fits:
 /// admitted at once) then again (it can never fit now: over at once), on 50 counters each.
 async fn send_huge_requests(rls: &Rls) {
@@ -290,7 +300,8 @@ async fn send_huge_requests(rls: &Rls) {
         }
         let user = format!("j{i}");
         for want in [200, 429] {
-            let (status, body) = rls.admin_post("/json", &huge_json(&user));
+            // Limit overrides on `/json` need the admin token (docs/service.md §3).
+            let (status, body) = rls.admin_post_with_token("/json", &huge_json(&user), TOKEN);
             assert_eq!(status, want, "POST /json, {user}: {body}");
         }
     }
@@ -311,15 +322,22 @@ async fn huge_requests_cost_a_constant(rls: &Rls) {
 
 #[tokio::test]
 async fn the_request_that_aborted_the_memory_store_is_answered_at_constant_cost() {
-    let (_dir, file) = temp_file("abuse.yaml", ABUSE);
-    let rls = Rls::start(&["--config", file.to_str().unwrap()]);
+    let (dir, file) = temp_file("abuse.yaml", ABUSE);
+    let token = token_file(&dir);
+    let rls = Rls::start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--admin-token-file",
+        &token,
+    ]);
     huge_requests_cost_a_constant(&rls).await;
 }
 
 #[tokio::test]
 async fn the_huge_request_takes_a_constant_in_redis() {
     let redis = RedisServer::start();
-    let (_dir, file) = temp_file("abuse.yaml", ABUSE);
+    let (dir, file) = temp_file("abuse.yaml", ABUSE);
+    let token = token_file(&dir);
     let rls = Rls::start(&[
         "--config",
         file.to_str().unwrap(),
@@ -327,6 +345,8 @@ async fn the_huge_request_takes_a_constant_in_redis() {
         &redis.url(),
         "--redis-timeout",
         "2s",
+        "--admin-token-file",
+        &token,
     ]);
     rls.wait_ready(Duration::from_secs(20));
     huge_requests_cost_a_constant(&rls).await;
@@ -461,5 +481,12 @@ async fn a_full_memory_store_refuses_new_counters_and_evicts_none() {
             );
         }
         assert_eq!(call("d").await, refused, "{mode}: still full");
+        // What the bound-approaching alert divides (docs/observability.md).
+        let store = [("store", "memory")];
+        assert_eq!(rls.metric("ratelimit_memory_counters", &store), Some(3.0));
+        assert_eq!(
+            rls.metric("ratelimit_memory_max_counters", &store),
+            Some(3.0)
+        );
     }
 }

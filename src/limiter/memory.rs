@@ -732,6 +732,10 @@ impl CounterStore for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn occupancy(&self) -> Option<(usize, usize)> {
+        Some((self.len(), self.max_counters))
+    }
 }
 
 #[cfg(test)]

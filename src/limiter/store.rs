@@ -131,4 +131,11 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug {
 
     /// A short name for logs and `/config`.
     fn kind(&self) -> &'static str;
+
+    /// For a store with a counter bound (the memory store's `--memory-max-counters`): the
+    /// counters held now and the bound, so an operator sees the bound coming. `None` for a
+    /// store whose memory lives elsewhere (Redis).
+    fn occupancy(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
