@@ -592,7 +592,7 @@ fn a_large_sliding_window_warns_about_memory() {
             .iter()
             .any(|w| w.path.ends_with("endpoints[0].algorithm")
                 && w.message
-                    .contains("holds up to 2000000 entries (about 20 MB in Redis)")),
+                    .contains("holds up to 2000000 entries (about 48 MB in Redis)")),
         "{:#?}",
         loaded.warnings
     );
