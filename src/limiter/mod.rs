@@ -2,8 +2,8 @@
 //!
 //! Owns: hits (request, per descriptor, check-only, negative), shadow mode, the
 //! all-or-nothing count of a request's counters through a [`CounterStore`], and the per
-//! descriptor statuses (limits-format.md §4–§5). Each counter counts with its rule's
-//! algorithm (fixed window, sliding window, token bucket: algorithms.md), which the store
+//! descriptor statuses (docs/limits-format.md §4–§5). Each counter counts with its rule's
+//! algorithm (fixed window, sliding window, token bucket: docs/algorithms.md), which the store
 //! applies; a request mixing them is still one atomic step. Time comes from an injected
 //! [`Clock`].
 //! Pure: must not depend on tonic, prost, redis, notify, HTTP crates or `std::env`.
