@@ -31,7 +31,7 @@ const LIMITS: &str = "kcse_rate_limits:
       unit_multiplier: 2
       algorithm: sliding_window
       uri_prefixes:
-        # The witness: one log entry per admitted hit, at Redis time.
+        # The witness: every admit time and its hits, at Redis time.
         - {prefix: /, unit: hour, value: 1000000, anon_value: 1000000}
     - name: bucket
       shortname: tb

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::redis::{RedisServer, free_port};
+use integration_tests::redis::{RedisCluster, RedisServer, free_port};
 use integration_tests::{Rls, request, temp_file};
 use ironclad_rls::proto::RateLimitRequest;
 use ironclad_rls::proto::rate_limit_response::Code;
@@ -184,7 +184,7 @@ async fn full_counters_are_answered_without_touching_redis() {
     for _ in 0..5 {
         assert_eq!(timed(&mut c, req("hot")).await.0, Ok(Code::Ok as i32));
     }
-    let before = counter_reads(&redis);
+    let before = counter_reads(&[&redis]);
     for _ in 0..200 {
         assert_eq!(
             timed(&mut c, req("hot")).await.0,
@@ -192,32 +192,34 @@ async fn full_counters_are_answered_without_touching_redis() {
         );
     }
     assert_eq!(
-        counter_reads(&redis),
+        counter_reads(&[&redis]),
         before,
         "Redis saw no traffic for the full counter"
     );
     assert_eq!(timed(&mut c, req("other")).await.0, Ok(Code::Ok as i32));
     assert_eq!(
-        counter_reads(&redis),
+        counter_reads(&[&redis]),
         before + 1,
         "other counters still go to Redis"
     );
 }
 
-/// Key lookups Redis has served (`keyspace_hits` + `keyspace_misses`): reads of counters.
-/// The readiness probe reads none (its only command is a write that finds no key), so this
-/// counts the traffic requests cause.
-fn counter_reads(redis: &RedisServer) -> u64 {
-    let info = redis.cli(&["INFO", "stats"]);
-    ["keyspace_hits:", "keyspace_misses:"]
-        .iter()
-        .map(|field| {
-            info.lines()
+/// Key lookups the servers have served (`keyspace_hits` + `keyspace_misses`): reads of
+/// counters. The readiness probe reads none (its only command is a write that finds no
+/// key), so this counts the traffic requests cause.
+fn counter_reads(servers: &[&RedisServer]) -> u64 {
+    let mut reads = 0;
+    for server in servers {
+        let info = server.cli(&["INFO", "stats"]);
+        for field in ["keyspace_hits:", "keyspace_misses:"] {
+            reads += info
+                .lines()
                 .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .expect("INFO stats has keyspace_hits and keyspace_misses")
-        })
-        .sum()
+                .expect("INFO stats has keyspace_hits and keyspace_misses");
+        }
+    }
+    reads
 }
 
 /// True while the server takes more than 200 ms to answer a PING (it is asleep).
@@ -234,6 +236,54 @@ fn unresponsive(port: u16) -> bool {
     s.read(&mut buf).is_err()
 }
 
+/// Makes `server` log every command it runs (its slow log, with a threshold of 0).
+fn log_every_command(server: &RedisServer) {
+    server.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    server.cli(&["CONFIG", "SET", "slowlog-max-len", "10000"]);
+    server.cli(&["SLOWLOG", "RESET"]);
+}
+
+/// While Redis is stalled: calls for `stalled` are answered OVER_LIMIT per
+/// --on-backend-error deny, without hanging. The first ones sit in Redis' input buffer
+/// (then the circuit opens and the rest are answered without sending).
+async fn answered_during_the_stall(c: &mut RateLimitServiceClient<Channel>) {
+    for i in 0..6 {
+        let (out, took) = timed(c, req("stalled")).await;
+        assert_eq!(out, Ok(Code::OverLimit as i32), "call {i} during the stall");
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS + HANG_MS),
+            "call {i} hung for {took:?}"
+        );
+    }
+}
+
+/// Once Redis is back: it ran the queued calls (its log shows them) and none of them
+/// counted, so the consumer still has its whole limit.
+async fn none_counted(
+    c: &mut RateLimitServiceClient<Channel>,
+    owner: &RedisServer,
+    all: &[&RedisServer],
+) {
+    until_ok(c, Duration::from_secs(10)).await;
+    let log = owner.cli(&["SLOWLOG", "GET", "10000"]);
+    assert!(
+        log.contains(":c:stalled"),
+        "a call answered during the stall reached Redis and ran: {log}"
+    );
+    for server in all {
+        let keys = server.cli(&["--scan", "--pattern", "*stalled*"]);
+        assert_eq!(
+            keys.trim(),
+            "",
+            "a call answered during the stall was counted"
+        );
+    }
+    let mut check = req("stalled");
+    check.descriptors[0].hits_addend = Some(0);
+    let resp = c.should_rate_limit(check).await.unwrap().into_inner();
+    assert_eq!(resp.statuses[0].limit_remaining, 5);
+}
+
 #[tokio::test]
 async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
@@ -242,6 +292,7 @@ async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
     // Healthy first: the service learns the offset of Redis' clock from the replies.
     until_ok(&mut c, Duration::from_secs(10)).await;
     rls.wait_ready(Duration::from_secs(5));
+    log_every_command(&redis);
 
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
@@ -254,31 +305,42 @@ async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
     integration_tests::eventually(Duration::from_secs(5), "Redis asleep", || {
         unresponsive(port).then_some(())
     });
-    // Answered OVER_LIMIT per --on-backend-error deny; the first ones reach Redis' input
-    // buffer (then the circuit opens and the rest are answered without sending).
-    for i in 0..6 {
-        let (out, took) = timed(&mut c, req("stalled")).await;
-        assert_eq!(out, Ok(Code::OverLimit as i32), "call {i} during the stall");
-        assert!(
-            took < Duration::from_millis(TIMEOUT_MS + HANG_MS),
-            "call {i} hung for {took:?}"
-        );
-    }
+    answered_during_the_stall(&mut c).await;
     assert_eq!(sleeper.join().unwrap().trim(), "OK", "DEBUG SLEEP ran");
+    none_counted(&mut c, &redis, &[&redis]).await;
+}
 
-    // Redis is awake and has run what was queued: the service recovers, and none of the
-    // calls it answered during the stall counted.
-    until_ok(&mut c, Duration::from_secs(10)).await;
-    let keys = redis.cli(&["--scan", "--pattern", "*stalled*"]);
-    assert_eq!(
-        keys.trim(),
-        "",
-        "a call answered during the stall was counted"
-    );
-    let mut check = req("stalled");
-    check.descriptors[0].hits_addend = Some(0);
-    let resp = c.should_rate_limit(check).await.unwrap().into_inner();
-    assert_eq!(resp.statuses[0].limit_remaining, 5);
+#[tokio::test]
+async fn calls_answered_while_a_cluster_node_stalls_are_never_counted_afterwards() {
+    let cluster = RedisCluster::start();
+    let (dir, file) = temp_file("limits.yaml", LIMITS);
+    let timeout = format!("{TIMEOUT_MS}ms");
+    let rls = Rls::start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--redis-cluster-url",
+        &cluster.urls(),
+        "--redis-timeout",
+        &timeout,
+        "--on-backend-error",
+        "deny",
+    ]);
+    let mut c = rls.client().await;
+    until_ok(&mut c, Duration::from_secs(20)).await;
+    rls.wait_ready(Duration::from_secs(10));
+    // The node holding the endpoint's counters (its hash tag's slot).
+    let owner = cluster
+        .nodes
+        .iter()
+        .find(|n| !n.cli(&["GET", "rls:{kcse:api}:probe"]).contains("MOVED"))
+        .expect("a node owns the slot");
+    log_every_command(owner);
+    // Frozen (SIGSTOP): what is sent waits in its socket until it is thawed.
+    owner.pause();
+    answered_during_the_stall(&mut c).await;
+    owner.resume();
+    none_counted(&mut c, owner, &cluster.nodes.iter().collect::<Vec<_>>()).await;
+    drop(dir);
 }
 
 #[tokio::test]
@@ -331,16 +393,35 @@ fn give_back(consumer: &str, n: u64) -> RateLimitRequest {
     r
 }
 
-#[tokio::test]
-async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() {
-    let redis = RedisServer::start();
-    let (_dir, one) = start_with_timeout(&redis.url(), 2_000, &[]);
-    let (_dir2, two) =
-        start_with_timeout(&redis.url(), 2_000, &["--over-limit-cache-ttl", "300ms"]);
+/// Two replicas on one store (`flag` `url`), the second with a short cache TTL.
+fn two_replicas(flag: &str, url: &str) -> (tempfile::TempDir, Rls, Rls) {
+    let (dir, file) = temp_file("limits.yaml", LIMITS);
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            file.to_str().unwrap(),
+            flag,
+            url,
+            "--redis-timeout",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        Rls::start(&args)
+    };
+    let one = start(&[]);
+    let two = start(&["--over-limit-cache-ttl", "300ms"]);
+    (dir, one, two)
+}
+
+/// A consumer at its limit gives 3 hits back through replica one: its next request there
+/// is OK at once (the give-back dropped that replica's cache entry); replica two, whose
+/// cache also holds the full counter, admits it again once its entry's TTL has passed (the
+/// window is an hour).
+async fn quota_given_back(one: &Rls, two: &Rls, servers: &[&RedisServer]) {
     let mut a = one.client().await;
     let mut b = two.client().await;
-    until_ok(&mut a, Duration::from_secs(10)).await;
-    until_ok(&mut b, Duration::from_secs(10)).await;
+    until_ok(&mut a, Duration::from_secs(20)).await;
+    until_ok(&mut b, Duration::from_secs(20)).await;
     for _ in 0..5 {
         assert_eq!(timed(&mut a, req("giver")).await.0, Ok(Code::Ok as i32));
     }
@@ -349,19 +430,18 @@ async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() 
         timed(&mut b, req("giver")).await.0,
         Ok(Code::OverLimit as i32)
     );
-    let reads = counter_reads(&redis);
+    let reads = counter_reads(servers);
     for c in [&mut a, &mut b] {
         for _ in 0..3 {
             assert_eq!(timed(c, req("giver")).await.0, Ok(Code::OverLimit as i32));
         }
     }
     assert_eq!(
-        counter_reads(&redis),
+        counter_reads(servers),
         reads,
         "the replicas answered from their caches"
     );
 
-    // Three hits given back through replica one: usable through it on the next request.
     assert_eq!(
         timed(&mut a, give_back("giver", 3)).await.0,
         Ok(Code::Ok as i32)
@@ -371,7 +451,6 @@ async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() 
         Ok(Code::Ok as i32),
         "the give-back dropped this replica's cache entry"
     );
-    // Replica two learns it when its entry's TTL passes (a window is an hour).
     let t = Instant::now();
     loop {
         if timed(&mut b, req("giver")).await.0 == Ok(Code::Ok as i32) {
@@ -384,4 +463,19 @@ async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("replica two admitted again after {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn quota_given_back_is_usable_at_once_here_and_within_the_ttl_elsewhere() {
+    let redis = RedisServer::start();
+    let (_dir, one, two) = two_replicas("--redis-url", &redis.url());
+    quota_given_back(&one, &two, &[&redis]).await;
+}
+
+#[tokio::test]
+async fn quota_given_back_on_a_cluster_is_usable_at_once_here_and_within_the_ttl_elsewhere() {
+    let cluster = RedisCluster::start();
+    let (_dir, one, two) = two_replicas("--redis-cluster-url", &cluster.urls());
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    quota_given_back(&one, &two, &nodes).await;
 }

@@ -176,7 +176,8 @@ impl MemoryStore {
                 .count();
             if new > 0 && state.len() + new > self.max_counters {
                 return Err(StoreError::Capacity(format!(
-                    "the memory store holds {} counters, its limit (--memory-max-counters {})",
+                    "the request needs {new} new counter(s); the memory store holds {} of at \
+                     most {} (--memory-max-counters)",
                     state.len(),
                     self.max_counters
                 )));
@@ -421,7 +422,16 @@ mod sliding {
         /// The index of the entry holding the `k`-th hit (1-based) counted from entry
         /// `from` (k must not exceed the hits from there on).
         fn find(&self, from: usize, k: u64) -> usize {
-            let target = self.total_before(from).wrapping_sub(self.base) + k;
+            let before = self.total_before(from);
+            // Most often the first one (an admitted request's reset is its oldest hit).
+            if self
+                .entries
+                .get(from)
+                .is_some_and(|e| e.total.wrapping_sub(before) >= k)
+            {
+                return from;
+            }
+            let target = before.wrapping_sub(self.base) + k;
             self.entries
                 .partition_point(|e| e.total.wrapping_sub(self.base) < target)
         }
