@@ -74,17 +74,31 @@ fn without_a_token_file_json_refuses_refunds_and_overrides() {
     assert_eq!(http(rls.admin_addr, "GET", "/config", None, "").0, 200);
 }
 
-#[test]
-fn with_a_token_file_json_and_config_need_the_token_and_refunds_are_accepted() {
+/// A service run with `--admin-token-file` holding `token`: (its directory, the limits file,
+/// the token file, the service).
+fn with_token(
+    token: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Rls,
+) {
     let (dir, file) = temp_file("limits.yaml", LIMITS);
     let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, "0123-token-abcd\n").unwrap();
+    std::fs::write(&token_file, token).unwrap();
     let rls = Rls::start(&[
         "--config",
         file.to_str().unwrap(),
         "--admin-token-file",
         token_file.to_str().unwrap(),
     ]);
+    (dir, file, token_file, rls)
+}
+
+#[test]
+fn with_a_token_file_json_and_config_need_the_token_and_refunds_are_accepted() {
+    let (_dir, _file, token_file, rls) = with_token("0123-token-abcd\n");
     let addr = rls.admin_addr;
     let good = Some("Bearer 0123-token-abcd");
 
@@ -138,15 +152,7 @@ fn with_a_token_file_json_and_config_need_the_token_and_refunds_are_accepted() {
 /// `--admin-token-file`; the read-only summaries stay open for the browser status page.
 #[test]
 fn counters_need_the_token_and_explain_sends_it() {
-    let (dir, file) = temp_file("limits.yaml", LIMITS);
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, "explain-token\n").unwrap();
-    let rls = Rls::start(&[
-        "--config",
-        file.to_str().unwrap(),
-        "--admin-token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let (_dir, file, token_file, rls) = with_token("explain-token\n");
     let addr = rls.admin_addr;
     assert_eq!(http(addr, "POST", "/counters", None, TAKE).0, 401);
     let good = Some("Bearer explain-token");
