@@ -36,7 +36,11 @@
 //!
 //! `main` parses [`settings::Cli`] and runs a command: `serve` is [`app`] (bind, run while
 //! supervising the servers, drain), the others live in [`commands`], one file each.
-//! Reference docs for users are under `docs/` (start at `docs/README.md`).
+//! What an operator looks at: [`limited`] (the bounded top-k of rejecting counters that
+//! `service::Decider` feeds), served with the status page by `status` on the admin port and
+//! merged across replicas by `commands::top`; `descriptor`'s explain trace behind
+//! `commands::explain`. Reference docs for users are under `docs/` (start at
+//! `docs/README.md`).
 //!
 //! ## The dependency rule
 //!
