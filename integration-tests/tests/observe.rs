@@ -728,16 +728,7 @@ fn explain_prints_the_counters_the_service_writes_to_redis() {
         redis.cli(&["FLUSHALL"]);
         let patterns = explained_keys(&configs, pairs);
         assert_eq!(patterns.len(), expected, "{pairs}: {patterns:?}");
-        let entries: Vec<Value> = pairs
-            .split(',')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').expect("k=v");
-                serde_json::json!({"key": k, "value": v})
-            })
-            .collect();
-        let body = serde_json::json!({"domain": "kcse", "descriptors": [{"entries": entries}]})
-            .to_string();
-        let (status, answer) = http_post(rls.admin_addr, "/json", &body);
+        let (status, answer) = http_post(rls.admin_addr, "/json", &json_of_pairs(pairs));
         assert!(status == 200 || status == 429, "{pairs}: {status} {answer}");
         let written: Vec<String> = redis
             .cli(&["--scan"])
@@ -802,7 +793,8 @@ fn explain_prints_the_counters_the_service_writes_to_redis() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("error: http://127.0.0.1:1"));
 }
 
-fn decide_pairs(rls: &Rls, pairs: &str) -> u16 {
+/// The `POST /json` body of one descriptor written `k=v,k=v` in domain `kcse`.
+fn json_of_pairs(pairs: &str) -> String {
     let entries: Vec<Value> = pairs
         .split(',')
         .map(|kv| {
@@ -810,9 +802,11 @@ fn decide_pairs(rls: &Rls, pairs: &str) -> u16 {
             serde_json::json!({"key": k, "value": v})
         })
         .collect();
-    let body =
-        serde_json::json!({"domain": "kcse", "descriptors": [{"entries": entries}]}).to_string();
-    rls.admin_post("/json", &body).0
+    serde_json::json!({"domain": "kcse", "descriptors": [{"entries": entries}]}).to_string()
+}
+
+fn decide_pairs(rls: &Rls, pairs: &str) -> u16 {
+    rls.admin_post("/json", &json_of_pairs(pairs)).0
 }
 
 // ---------------------------------------------------------------------------------------------

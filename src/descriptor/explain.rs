@@ -119,31 +119,7 @@ impl RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Source, load_sources};
-
-    fn full() -> RuleSet {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/limits/full-example.yaml"
-        ))
-        .unwrap();
-        let loaded = load_sources(&[Source {
-            name: "full-example.yaml".into(),
-            text,
-        }])
-        .unwrap();
-        RuleSet::compile(&loaded.config)
-    }
-
-    fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
-        pairs
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect()
-    }
+    use crate::descriptor::fixtures::{entries, full, rules};
 
     #[test]
     fn every_prefix_is_listed_with_what_applies() {
@@ -217,12 +193,9 @@ mod tests {
 
     #[test]
     fn descriptor_format_walk() {
-        let loaded = load_sources(&[Source {
-            name: "d.yaml".into(),
-            text: "domain: d\ndescriptors:\n  - key: path\n    value: /api/*\n    rate_limit: { unit: minute, requests_per_unit: 8 }\n    descriptors:\n      - key: user\n        rate_limit: { unit: second, requests_per_unit: 2 }\n".into(),
-        }])
-        .unwrap();
-        let rs = RuleSet::compile(&loaded.config);
+        let rs = rules(
+            "domain: d\ndescriptors:\n  - key: path\n    value: /api/*\n    rate_limit: { unit: minute, requests_per_unit: 8 }\n    descriptors:\n      - key: user\n        rate_limit: { unit: second, requests_per_unit: 2 }\n",
+        );
         let e = rs.explain(
             "d",
             &entries(&[("path", "/api/x"), ("user", "u1"), ("extra", "z")]),

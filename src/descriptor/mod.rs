@@ -11,6 +11,8 @@
 //! so that a prefix is stored in the form request paths are matched in.
 
 mod explain;
+#[cfg(test)]
+mod fixtures;
 mod key;
 mod prefix_set;
 mod rules;

@@ -286,40 +286,11 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Source, load_sources};
     use crate::descriptor::RuleSet;
-
-    fn rules(text: &str) -> RuleSet {
-        let loaded = load_sources(&[Source {
-            name: "t.yaml".into(),
-            text: text.into(),
-        }])
-        .unwrap();
-        RuleSet::compile(&loaded.config)
-    }
+    use crate::descriptor::fixtures::{entries, full, rules};
 
     fn resolve(rs: &RuleSet, domain: &str, e: &[Entry]) -> Resolved {
         rs.resolve(domain, e, None)
-    }
-
-    fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
-        pairs
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect()
-    }
-
-    fn full() -> RuleSet {
-        rules(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/limits/full-example.yaml"
-            ))
-            .unwrap(),
-        )
     }
 
     fn summary(r: &Resolved) -> Vec<(String, u32)> {
