@@ -87,6 +87,13 @@ fn bearer(header: &str) -> Option<&str> {
 }
 
 fn read_digest(path: &Path) -> Result<[u8; 32], TokenError> {
+    Ok(Sha256::digest(read_token(path)?.as_bytes()).into())
+}
+
+/// The token a token file holds: at most `MAX_TOKEN_BYTES` read, surrounding white space
+/// dropped, never empty. The service reads its `--admin-token-file` with it and
+/// `explain --admin-token-file` the same file, so both see the same token.
+pub(crate) fn read_token(path: &Path) -> Result<String, TokenError> {
     let shown = || path.display().to_string();
     let mut text = String::new();
     std::fs::File::open(path)
@@ -100,7 +107,7 @@ fn read_digest(path: &Path) -> Result<[u8; 32], TokenError> {
     if token.is_empty() {
         return Err(TokenError::Empty { path: shown() });
     }
-    Ok(Sha256::digest(token.as_bytes()).into())
+    Ok(token.to_owned())
 }
 
 #[cfg(test)]

@@ -107,15 +107,12 @@ async fn fetch_states(url: &str, args: &Args) -> Result<Vec<CounterStateView>, S
         })
         .collect();
     let body = serde_json::json!({ "domain": args.domain, "descriptors": descriptors }).to_string();
-    let token = match &args.admin_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read --admin-token-file {}: {e}", p.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(crate::admin::token::read_token)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let answer = http::call(
         url,
         "POST",
