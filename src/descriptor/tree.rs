@@ -456,4 +456,61 @@ descriptors:
                 .is_empty()
         );
     }
+
+    #[test]
+    fn value_to_metric_labels_carry_the_requests_value_at_that_level() {
+        let text = "domain: d
+descriptors:
+  - key: route
+    value_to_metric: true
+    descriptors:
+      - key: method
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: api
+    value: v1/*
+    share_threshold: true
+    value_to_metric: true
+    descriptors:
+      - key: user
+        value_to_metric: true
+        quota_mode: true
+        metadata: { tier: gold }
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: plain
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+";
+        let loaded = load_sources(&[Source {
+            name: "t.yaml".into(),
+            text: text.into(),
+        }])
+        .unwrap();
+        let rs = RuleSet::compile(&loaded.config);
+        let rule = |pairs: &[(&str, &str)]| {
+            let entries: Vec<Entry> = pairs
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect();
+            rs.resolve("d", &entries, None).counters.remove(0)
+        };
+        // The route's value is in the label; the method level has no flag: its key only.
+        let r = rule(&[("route", "/users"), ("method", "GET")]);
+        assert_eq!(r.detail.as_deref(), Some("route=/users.method"));
+        assert_eq!(&*r.name, "route.method", "current_limit.name is unchanged");
+        // A shared pattern keeps its pattern (share_threshold wins); the user's value shows.
+        let r = rule(&[("api", "v1/items"), ("user", "u1")]);
+        assert_eq!(r.detail.as_deref(), Some("api=v1/*.user=u1"));
+        assert!(r.quota);
+        assert_eq!(
+            r.metadata
+                .as_deref()
+                .map(|m| serde_json::Value::Object(m.clone())),
+            Some(serde_json::json!({ "tier": "gold" }))
+        );
+        // No flag anywhere: no detail label.
+        assert_eq!(rule(&[("plain", "x")]).detail, None);
+        assert!(!rule(&[("plain", "x")]).quota);
+    }
 }
