@@ -184,3 +184,52 @@ async fn global_quota_mode() {
         .into_inner();
     assert_eq!((r.overall_code, statuses_of(&r)), (OK, vec![Over, L(2)]));
 }
+
+/// `value_to_metric`: the `rule` label of `ratelimit_hits_total` carries the request's value
+/// at that level; `current_limit.name` keeps the key path. `validate` shows quota mode and
+/// metadata.
+#[tokio::test]
+async fn value_to_metric_labels_and_validate() {
+    let rls = Rls::start(&["--config", &config()]);
+    let mut c = rls.client().await;
+    let call = RateLimitRequest {
+        domain: "llm".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                Entry {
+                    key: "route".into(),
+                    value: "/chat".into(),
+                },
+                Entry {
+                    key: "method".into(),
+                    value: "POST".into(),
+                },
+            ],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    };
+    let r = c.should_rate_limit(call).await.unwrap().into_inner();
+    assert_eq!(
+        r.statuses[0].current_limit.as_ref().unwrap().name,
+        "route.method"
+    );
+    let hits = rls.metric(
+        "ratelimit_hits_total",
+        &[
+            ("domain", "llm"),
+            ("rule", "route=/chat.method"),
+            ("outcome", "within_limit"),
+        ],
+    );
+    assert_eq!(hits, Some(1.0));
+
+    let out = integration_tests::run_cli(&["validate", &config()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "model = large: 2/hour, quota mode, metadata {\"model_with_quota\":{\"name\":\"large\"},\"large_only\":true}"
+        ),
+        "{stdout}"
+    );
+}
