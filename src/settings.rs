@@ -72,13 +72,13 @@ pub struct ServeArgs {
 
     /// Global quota mode (the reference's QUOTA_MODE): a descriptor over its limit is
     /// reported in its own status, but the request is denied only when every descriptor is
-    /// over limit; every hit is counted, even past the limit (docs/envoy-compat.md).
+    /// over limit; every hit is counted, even past the limit (docs/envoy-compat.md §4).
     #[arg(long, env = "RLS_QUOTA_MODE")]
     pub quota_mode: bool,
 
     /// Return the reference's dynamic_metadata on every answer (its
     /// RESPONSE_DYNAMIC_METADATA): the domain, the descriptors, the hits addends and the
-    /// merged `metadata` of the rules that passed (docs/envoy-compat.md).
+    /// merged `metadata` of the rules that passed (docs/envoy-compat.md §5).
     #[arg(long, env = "RLS_RESPONSE_DYNAMIC_METADATA")]
     pub response_dynamic_metadata: bool,
 

@@ -4,7 +4,7 @@
 //! Every field of the reference's current format is read, and every zero value Envoy Gateway
 //! writes when it serialises a `RateLimitConfig` (`rate_limit: null`, `value: ""`,
 //! `name: ""`, `replaces: []`, `descriptors: []`, booleans `false`) means the same as the
-//! field left out (docs/envoy-compat.md, Format).
+//! field left out (docs/envoy-compat.md §1).
 
 use std::collections::HashSet;
 

@@ -134,7 +134,7 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
     })
 }
 
-/// Reads every YAML document of a file (docs/envoy-compat.md, Format: several documents
+/// Reads every YAML document of a file (docs/envoy-compat.md §1: several documents
 /// separated by `---` are several domains, and every one of them loads).
 fn parse_source(src: &Source, diags: &mut Diagnostics) -> Vec<Parsed> {
     if src.text.trim().is_empty() {

@@ -315,7 +315,7 @@ pub struct DescriptorDomain {
     pub name: Option<String>,
 }
 
-/// A descriptor's `metadata` (docs/envoy-compat.md, Dynamic metadata): any YAML values, kept as
+/// A descriptor's `metadata` (docs/envoy-compat.md §5): any YAML values, kept as
 /// JSON, which maps one to one onto the `google.protobuf.Struct` of a response.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
@@ -335,7 +335,7 @@ pub struct DescriptorConfig {
     pub detailed_metric: bool,
     /// For a pattern: every value it matches shares one counter.
     pub share_threshold: bool,
-    /// Quota mode (docs/envoy-compat.md): over limit is reported in this descriptor's status
+    /// Quota mode (docs/envoy-compat.md §4): over limit is reported in this descriptor's status
     /// but does not by itself deny the request, and every hit is counted.
     pub quota_mode: bool,
     /// The metric's `rule` label carries the request's value at this level.

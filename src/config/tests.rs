@@ -599,7 +599,7 @@ fn a_large_sliding_window_warns_about_memory() {
 }
 
 /// Every field of the reference's current format, each zero value Envoy Gateway writes, and
-/// `metadata` of any YAML values (docs/envoy-compat.md, Format).
+/// `metadata` of any YAML values (docs/envoy-compat.md §1).
 #[test]
 fn the_references_current_fields_and_gateways_zero_values_load() {
     let text = r#"name: my-listener

@@ -66,7 +66,7 @@ pub struct CounterRule {
     pub configured_name: Option<Arc<str>>,
     /// Names of rules this one replaces when both match in one request.
     pub replaces: Arc<[Arc<str>]>,
-    /// Quota mode (docs/envoy-compat.md): over limit shows in the descriptor's status but
+    /// Quota mode (docs/envoy-compat.md §4): over limit shows in the descriptor's status but
     /// does not by itself deny the request, and every hit is counted.
     pub quota: bool,
     /// The rule's `metadata`, returned in the response's dynamic metadata when it passes.
@@ -107,7 +107,7 @@ pub struct Resolved {
     /// Why nothing applies, when nothing does (for metrics and debug logs).
     pub unmatched: Option<Unmatched>,
     /// Matched by an `unlimited: true` rule: OK with `limit_remaining` 4294967295, as the
-    /// reference answers (docs/envoy-compat.md, Unlimited).
+    /// reference answers (docs/envoy-compat.md §6).
     pub unlimited: bool,
 }
 

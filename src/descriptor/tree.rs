@@ -1,7 +1,7 @@
 //! envoyproxy/ratelimit matching: walk the request's entries level by level; at each level
 //! the exact `key`+`value` node, else the first `*` pattern (in file order) that matches,
 //! else the `key`-only node. No backtracking. The limit is the one at the node matched by the
-//! last entry (docs/envoy-compat.md, Matching). A matched rule carries its quota mode and
+//! last entry (docs/envoy-compat.md §2). A matched rule carries its quota mode and
 //! metadata to the limiter; `value_to_metric` puts the request's value of a level in the
 //! metric's rule label (bounded by the metrics, as `detailed_metric` is).
 

@@ -179,7 +179,7 @@ pub fn response_to_proto(d: &Decision, response_headers: bool) -> RateLimitRespo
     }
 }
 
-/// JSON → `google.protobuf.Struct` (docs/envoy-compat.md, Dynamic metadata): numbers become
+/// JSON → `google.protobuf.Struct` (docs/envoy-compat.md §5): numbers become
 /// doubles, as a Struct holds them.
 fn struct_of(m: &serde_json::Map<String, Value>) -> prost_types::Struct {
     prost_types::Struct {

@@ -144,7 +144,7 @@ impl MemoryStore {
         let mut slots = Vec::with_capacity(ops.len());
         let mut states = Vec::with_capacity(ops.len());
         let mut blocked = dry_run;
-        // Quota mode (docs/envoy-compat.md): a quota op never blocks by itself; the batch is
+        // Quota mode (docs/envoy-compat.md §4): a quota op never blocks by itself; the batch is
         // blocked when all of them are over (a shadow one never is).
         let (mut quota_ops, mut quota_over) = (0usize, 0usize);
         for op in ops {

@@ -3,8 +3,8 @@
 //! Owns: hits (request, per descriptor, check-only, negative), shadow mode, the
 //! all-or-nothing count of a request's counters through a [`CounterStore`], and the per
 //! descriptor statuses (docs/limits-format.md §4–§5), and `overall_code` combined as the
-//! reference combines it with quota mode (docs/envoy-compat.md, Quota mode), with the dynamic
-//! metadata the reference returns (docs/envoy-compat.md, Dynamic metadata). Each counter counts with its rule's
+//! reference combines it with quota mode (docs/envoy-compat.md §4), with the dynamic metadata
+//! the reference returns (docs/envoy-compat.md §5). Each counter counts with its rule's
 //! algorithm (fixed window, sliding window, token bucket: docs/algorithms.md), which the store
 //! applies; a request mixing them is still one atomic step. Time comes from an injected
 //! [`Clock`].
@@ -99,7 +99,7 @@ pub struct Decision {
     /// True when the counters were incremented.
     pub committed: bool,
     /// With `--response-dynamic-metadata`: the response's `dynamic_metadata`, as the
-    /// reference builds it (docs/envoy-compat.md, Dynamic metadata). `None`: none.
+    /// reference builds it (docs/envoy-compat.md §5). `None`: none.
     pub dynamic_metadata: Option<Metadata>,
 }
 
@@ -287,13 +287,14 @@ impl RateLimiter {
     }
 
     /// `overall_code`, as the reference's service combines the statuses
-    /// (docs/envoy-compat.md, Quota mode): OVER_LIMIT when a descriptor not in quota mode is
+    /// (docs/envoy-compat.md §4): OVER_LIMIT when a descriptor not in quota mode is
     /// over limit, or when every quota-mode descriptor is (with the global `--quota-mode`,
     /// every descriptor is one, a descriptor no rule limits included); an `unlimited`
     /// descriptor takes no part. Global shadow mode then makes it OK. Also returns the
     /// descriptors that passed (not over, not unlimited), whose metadata is returned.
     fn combine(&self, resolved: &[Resolved], statuses: &[DescriptorStatus]) -> (Code, Vec<usize>) {
-        let mut passed = Vec::with_capacity(statuses.len());
+        // Only the metadata needs to know which passed: no allocation without it.
+        let mut passed = Vec::new();
         let (mut failed_rate, mut failed_quota, mut total_quota) = (0usize, 0usize, 0usize);
         for (i, (r, s)) in resolved.iter().zip(statuses).enumerate() {
             if r.unlimited {
@@ -306,7 +307,7 @@ impl RateLimiter {
                 } else {
                     failed_rate += 1;
                 }
-            } else {
+            } else if self.options.response_dynamic_metadata {
                 passed.push(i);
             }
             if quota {
@@ -559,7 +560,7 @@ fn status_of<'a>(
         return DescriptorStatus {
             code: Code::Ok,
             current_limit: None,
-            // The reference's answer for `unlimited: true` (docs/envoy-compat.md, Unlimited).
+            // The reference's answer for `unlimited: true` (docs/envoy-compat.md §6).
             limit_remaining: if r.unlimited { u32::MAX } else { 0 },
             duration_until_reset: None,
         };
