@@ -108,8 +108,13 @@ async fn scenario(rls: &Rls) {
         vec![L(3)],
         "the denied request consumed nothing"
     );
+}
 
-    // Unlimited, and the whole metadata structure of one answer.
+/// Unlimited, and the whole metadata structure of one answer (needs no quota-mode counting
+/// past a limit).
+async fn metadata_shape(rls: &Rls) {
+    let mut c = rls.client().await;
+    let metadata = |r: &RateLimitResponse| json_of(r.dynamic_metadata.as_ref().unwrap());
     let mut full = req(vec![
         d("free", "f", None),
         d("tokens", "x", Some(7)),
@@ -121,7 +126,7 @@ async fn scenario(rls: &Rls) {
         unit: 3,
         unit_multiplier: None,
     });
-    let r = ask(full).await;
+    let r = c.should_rate_limit(full).await.unwrap().into_inner();
     assert_eq!(
         (r.overall_code, statuses_of(&r)),
         (OK, vec![U, L(993), L(7)])
@@ -146,8 +151,11 @@ async fn scenario(rls: &Rls) {
 async fn quota_mode_and_metadata_on_the_memory_store() {
     let rls = Rls::start(&["--config", &config(), "--response-dynamic-metadata"]);
     scenario(&rls).await;
+    metadata_shape(&rls).await;
 }
 
+/// The same on Redis: its script must count a quota-mode op in a blocked batch and block only
+/// when every quota op is over (CounterOp::quota, docs/envoy-compat.md §4).
 #[tokio::test]
 async fn quota_mode_and_metadata_on_the_redis_store() {
     let redis = RedisServer::start();
@@ -161,6 +169,21 @@ async fn quota_mode_and_metadata_on_the_redis_store() {
         "2s",
     ]);
     scenario(&rls).await;
+}
+
+#[tokio::test]
+async fn dynamic_metadata_and_unlimited_on_the_redis_store() {
+    let redis = RedisServer::start();
+    let rls = Rls::start(&[
+        "--config",
+        &config(),
+        "--response-dynamic-metadata",
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout",
+        "2s",
+    ]);
+    metadata_shape(&rls).await;
 }
 
 /// `--quota-mode`: every descriptor is in quota mode; the request is denied only when all

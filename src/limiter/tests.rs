@@ -924,3 +924,23 @@ async fn unlimited_answers_the_references_remaining() {
     );
     assert!(d.counters.is_empty(), "unlimited is never counted");
 }
+
+#[tokio::test]
+async fn a_shadow_quota_rule_is_a_quota_descriptor_that_passed() {
+    let text = "domain: q
+descriptors:
+  - key: quota
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: watched
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+";
+    let h = harness(text);
+    assert_eq!(h.q(&["quota", "watched"]).await, (OK, vec![OK, OK]));
+    // Both past their limits, but the shadow one reports OK: not every quota descriptor is
+    // over, so the request passes (the reference counts the shadow rule's OK status).
+    assert_eq!(h.q(&["quota", "watched"]).await, (OK, vec![OVER, OK]));
+    assert_eq!(h.q(&["quota"]).await, (OVER, vec![OVER]));
+}
