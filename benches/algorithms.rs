@@ -46,6 +46,7 @@ fn ops(algorithm: Algorithm) -> Vec<CounterOp> {
             hits: 1,
             negative: false,
             enforce: true,
+            quota: false,
         })
         .collect()
 }

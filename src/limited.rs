@@ -366,6 +366,7 @@ mod tests {
                 .collect(),
             unmatched: Vec::new(),
             committed: false,
+            dynamic_metadata: None,
         }
     }
 

@@ -108,6 +108,7 @@ impl Decider {
             counters: Vec::new(),
             unmatched: Vec::new(),
             committed: false,
+            dynamic_metadata: None,
         })
     }
 }

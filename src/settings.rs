@@ -70,6 +70,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_SHADOW_MODE")]
     pub shadow_mode: bool,
 
+    /// Global quota mode (the reference's QUOTA_MODE): a descriptor over its limit is
+    /// reported in its own status, but the request is denied only when every descriptor is
+    /// over limit; every hit is counted, even past the limit (docs/envoy-compat.md §4).
+    #[arg(long, env = "RLS_QUOTA_MODE")]
+    pub quota_mode: bool,
+
+    /// Return the reference's dynamic_metadata on every answer (its
+    /// RESPONSE_DYNAMIC_METADATA): the domain, the descriptors, the hits addends and the
+    /// merged `metadata` of the rules that passed (docs/envoy-compat.md §5).
+    #[arg(long, env = "RLS_RESPONSE_DYNAMIC_METADATA")]
+    pub response_dynamic_metadata: bool,
+
     /// Add RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (and Retry-After when over
     /// limit) to response_headers_to_add.
     #[arg(long, env = "RLS_RESPONSE_HEADERS")]

@@ -180,6 +180,7 @@ fn ops(namespace: &str, scenario: &Scenario, step: &Step) -> Vec<CounterOp> {
                 hits: op.hits,
                 negative: op.negative,
                 enforce: op.enforce,
+                quota: false,
             }
         })
         .collect()

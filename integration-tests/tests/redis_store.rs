@@ -73,6 +73,7 @@ fn op(endpoint: &str, limit: u64) -> CounterOp {
         hits: 1,
         negative: false,
         enforce: true,
+        quota: false,
     }
 }
 

@@ -122,6 +122,8 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
             // Only a remote store is worth sparing; the memory store is as fast as the cache.
             over_limit_cache: redis.is_some(),
             over_limit_cache_ttl: args.over_limit_cache_ttl,
+            quota_mode: args.quota_mode,
+            response_dynamic_metadata: args.response_dynamic_metadata,
         },
     ));
     let installer = Arc::new(Installer::new(limiter.clone(), metrics.clone()));

@@ -133,7 +133,17 @@ fn describe_descriptors(descriptors: &[DescriptorConfig], depth: usize, out: &mu
             }
         };
         let shadow = if d.shadow_mode { ", shadow mode" } else { "" };
-        let _ = writeln!(out, "{indent}{}{value}{limit}{shadow}", d.key);
+        let quota = if d.quota_mode { ", quota mode" } else { "" };
+        let metadata = d
+            .metadata
+            .as_ref()
+            .map(|m| format!(", metadata {}", serde_json::Value::Object(m.clone())))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{indent}{}{value}{limit}{shadow}{quota}{metadata}",
+            d.key
+        );
         describe_descriptors(&d.descriptors, depth + 1, out);
     }
 }

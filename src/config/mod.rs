@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub use diag::{Diagnostic, Diagnostics, Pos, Severity};
 pub use model::{
     Algorithm, Config, Counting, DescriptorConfig, DescriptorDomain, Endpoint, EndpointDomain,
-    FieldAt, Invoker, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
+    FieldAt, Invoker, Metadata, Origin, OverallLimit, RateLimitConfig, Soft, Unit, UriPrefix,
 };
 pub use path::normalize_path;
 
@@ -111,10 +111,11 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
         hasher.update(src.name.as_bytes());
         hasher.update((src.text.len() as u64).to_be_bytes());
         hasher.update(src.text.as_bytes());
-        match parse_source(src, &mut diags) {
-            Some(Parsed::Endpoints(d)) => merge_domain(&mut domains, d),
-            Some(Parsed::Descriptors(d)) => descriptor_domains.push(d),
-            None => {}
+        for parsed in parse_source(src, &mut diags) {
+            match parsed {
+                Parsed::Endpoints(d) => merge_domain(&mut domains, d),
+                Parsed::Descriptors(d) => descriptor_domains.push(d),
+            }
         }
     }
     check_unique_shortnames(&domains, &mut diags);
@@ -133,20 +134,38 @@ pub fn load_sources(sources: &[Source]) -> Result<Loaded, LoadError> {
     })
 }
 
-/// Tells the formats apart by their top-level keys and reads the file.
-fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<Parsed> {
+/// Reads every YAML document of a file (docs/envoy-compat.md §1: several documents
+/// separated by `---` are several domains, and every one of them loads).
+fn parse_source(src: &Source, diags: &mut Diagnostics) -> Vec<Parsed> {
     if src.text.trim().is_empty() {
         // An editor's truncate-then-write must not drop every limit for a moment.
         diags.error(&src.name, None, "", "file is empty");
-        return None;
+        return Vec::new();
     }
-    let root = match yaml::parse(&src.text) {
-        Ok(root) => root,
+    let docs = match yaml::parse_documents(&src.text) {
+        Ok(docs) => docs,
         Err(e) => {
             diags.error(&src.name, e.pos, "", format!("invalid YAML: {}", e.message));
-            return None;
+            return Vec::new();
         }
     };
+    if docs.is_empty() {
+        // Only comments: as good as empty, and as dangerous.
+        diags.error(
+            &src.name,
+            Some(Pos { line: 1, column: 1 }),
+            "",
+            "file holds no YAML document (only comments)",
+        );
+        return Vec::new();
+    }
+    docs.iter()
+        .filter_map(|root| parse_document(src, root, diags))
+        .collect()
+}
+
+/// Tells the formats apart by a document's top-level keys and reads it.
+fn parse_document(src: &Source, root: &yaml::Node, diags: &mut Diagnostics) -> Option<Parsed> {
     let mut cx = Ctx {
         file: &src.name,
         diags,
@@ -166,7 +185,7 @@ fn parse_source(src: &Source, diags: &mut Diagnostics) -> Option<Parsed> {
         return endpoint::parse_block(&mut cx, block).map(Parsed::Endpoints);
     }
     if root.get("descriptors").is_some() || root.get("domain").is_some() {
-        return envoy::parse_file(&mut cx, &root).map(Parsed::Descriptors);
+        return envoy::parse_file(&mut cx, root).map(Parsed::Descriptors);
     }
     let keys: Vec<&str> = map.iter().filter_map(|(k, _)| k.as_str()).collect();
     let near = keys

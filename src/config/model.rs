@@ -310,7 +310,14 @@ pub struct DescriptorDomain {
     pub descriptors: Vec<DescriptorConfig>,
     /// Where it was written.
     pub origin: Origin,
+    /// The top-level `name` (Envoy Gateway writes one per listener); not used for matching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
+
+/// A descriptor's `metadata` (docs/envoy-compat.md §5): any YAML values, kept as
+/// JSON, which maps one to one onto the `google.protobuf.Struct` of a response.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// A descriptor node: it matches one request entry at its level.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -328,6 +335,14 @@ pub struct DescriptorConfig {
     pub detailed_metric: bool,
     /// For a pattern: every value it matches shares one counter.
     pub share_threshold: bool,
+    /// Quota mode (docs/envoy-compat.md §4): over limit is reported in this descriptor's status
+    /// but does not by itself deny the request, and every hit is counted.
+    pub quota_mode: bool,
+    /// The metric's `rule` label carries the request's value at this level.
+    pub value_to_metric: bool,
+    /// Returned in the response's dynamic metadata when this rule passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     /// Nested descriptors.
     pub descriptors: Vec<DescriptorConfig>,
 }

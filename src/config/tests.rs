@@ -597,3 +597,125 @@ fn a_large_sliding_window_warns_about_memory() {
         loaded.warnings
     );
 }
+
+/// Every field of the reference's current format, each zero value Envoy Gateway writes, and
+/// `metadata` of any YAML values (docs/envoy-compat.md §1).
+#[test]
+fn the_references_current_fields_and_gateways_zero_values_load() {
+    let text = r#"name: my-listener
+domain: zero
+descriptors:
+  - key: route
+    value: route-a
+    rate_limit: null
+    descriptors:
+      - key: user
+        value: ""
+        rate_limit:
+          requests_per_unit: 7
+          unit: SECOND
+          unlimited: false
+          name: ""
+          replaces: []
+        descriptors: []
+        shadow_mode: false
+        quota_mode: true
+        detailed_metric: false
+        value_to_metric: true
+        share_threshold: false
+        metadata:
+          upstream: { pool: b, weight: 3, ratio: 0.5, tags: [x, 1, true, null] }
+          7: seven
+    shadow_mode: false
+    quota_mode: false
+    detailed_metric: false
+    value_to_metric: false
+    share_threshold: false
+  - key: free
+    rate_limit: { unlimited: true, unit: "", requests_per_unit: 0, replaces: [], name: "" }
+"#;
+    let loaded = load_one(text).unwrap_or_else(|e| panic!("{e}"));
+    let d = &loaded.config.descriptor_domains[0];
+    assert_eq!(d.name.as_deref(), Some("my-listener"));
+    let route = &d.descriptors[0];
+    assert!(route.rate_limit.is_none() && !route.quota_mode);
+    let user = &route.descriptors[0];
+    assert_eq!(user.value, None, "value: \"\" is any value");
+    assert!(user.quota_mode && user.value_to_metric && user.descriptors.is_empty());
+    match &user.rate_limit {
+        Some(RateLimitConfig::Limit {
+            requests_per_unit: 7,
+            unit: Unit::Second,
+            name: None,
+            replaces,
+            ..
+        }) => assert!(replaces.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let m = serde_json::Value::Object(user.metadata.clone().unwrap());
+    assert_eq!(
+        m,
+        serde_json::json!({
+            "upstream": { "pool": "b", "weight": 3, "ratio": 0.5, "tags": ["x", 1, true, null] },
+            "7": "seven"
+        })
+    );
+    assert!(matches!(
+        d.descriptors[1].rate_limit,
+        Some(RateLimitConfig::Unlimited { name: None })
+    ));
+}
+
+#[test]
+fn several_documents_are_several_domains_and_all_load() {
+    let text = "---\nname: a\ndomain: a\ndescriptors: []\n---\n# second\ndomain: b\ndescriptors:\n  - key: k\n    rate_limit: { unit: minute, requests_per_unit: 1 }\n---\n";
+    let loaded = load_one(text).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = loaded
+        .config
+        .descriptor_domains
+        .iter()
+        .map(|d| d.domain.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    // Positions stay those of the file; a bad field in the second document says so.
+    let errs =
+        errors("domain: a\n---\ndomain: b\ndescriptors:\n  - key: k\n    quota: true\n").join("\n");
+    assert!(
+        errs.contains("t.yaml:6:") && errs.contains("descriptors[0].quota"),
+        "{errs}"
+    );
+    // The same domain in two documents is still a duplicate.
+    let errs = errors("domain: a\n---\ndomain: a\n").join("\n");
+    assert!(errs.contains("already defined"), "{errs}");
+}
+
+#[test]
+fn unknown_fields_and_bad_metadata_still_fail_with_line_and_path() {
+    let errs = errors("domain: d\ndescriptors:\n  - key: k\n    quota_mod: true\n").join("\n");
+    assert!(
+        errs.contains("t.yaml:4:")
+            && errs.contains("descriptors[0].quota_mod")
+            && errs.contains("quota_mode"),
+        "{errs}"
+    );
+    let errs = errors("domain: d\ndescriptors:\n  - key: k\n    metadata: [1]\n").join("\n");
+    assert!(
+        errs.contains("descriptors[0].metadata: expected a mapping"),
+        "{errs}"
+    );
+    let errs = errors("domain: d\ndescriptors:\n  - key: k\n    metadata: { a: { b: .nan } }\n")
+        .join("\n");
+    // (The parser itself refuses a non-finite float, with its position.)
+    assert!(errs.contains("t.yaml:4:"), "{errs}");
+    let errs = errors("domain: d\ndescriptors:\n  - key: k\n    quota_mode: yes\n").join("\n");
+    assert!(errs.contains("expected true or false"), "{errs}");
+    // `unit` beside `unlimited: true` is still an error when it is not a zero value.
+    let errs = errors(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unlimited: true, unit: day }\n",
+    )
+    .join("\n");
+    assert!(
+        errs.contains("rate_limit.unit: not allowed beside"),
+        "{errs}"
+    );
+}

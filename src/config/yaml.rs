@@ -175,15 +175,45 @@ pub struct ParseError {
 
 /// Parses one YAML document into a [`Node`] tree, with YAML 1.2 core scalars. Duplicate keys
 /// are an error (a second `value:` silently winning is exactly the kind of surprise a limits
-/// file must not have).
+/// file must not have). The loader reads files with [`parse_documents`].
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Node, ParseError> {
+    check_size(text)?;
+    serde_saphyr::from_str_with_options::<Node>(text, options()).map_err(parse_error)
+}
+
+/// Parses every YAML document of a file (separated by `---`), in file order, with the same
+/// rules as [`parse`]. Positions are those of the whole file. Empty documents (a trailing
+/// `---`) are skipped, unless every document is empty (the first is then returned, so the
+/// caller can say where it is).
+pub fn parse_documents(text: &str) -> Result<Vec<Node>, ParseError> {
+    check_size(text)?;
+    let docs: Vec<Node> =
+        serde_saphyr::from_multiple_with_options::<Node>(text, options()).map_err(parse_error)?;
+    let first = docs.first().cloned();
+    let docs: Vec<Node> = docs
+        .into_iter()
+        .filter(|d| d.value != Value::Null)
+        .collect();
+    Ok(if docs.is_empty() {
+        first.into_iter().collect()
+    } else {
+        docs
+    })
+}
+
+fn check_size(text: &str) -> Result<(), ParseError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(ParseError {
             pos: None,
             message: format!("file is larger than {MAX_FILE_BYTES} bytes"),
         });
     }
-    let options = serde_saphyr::options! {
+    Ok(())
+}
+
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::Error,
         // YAML 1.1 read `n`, `no`, `on`, `off` as booleans: `name: n` must stay a name.
         strict_booleans: true,
@@ -200,17 +230,18 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
         alias_limits: serde_saphyr::alias_limits! {
             max_total_replayed_events: 200_000,
         },
-    };
-    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
-        let pos = e.location().map(|l| Pos {
-            line: l.line(),
-            column: l.column(),
-        });
-        ParseError {
-            pos,
-            message: first_line(&e.without_snippet().to_string()),
-        }
-    })
+    }
+}
+
+fn parse_error(e: serde_saphyr::Error) -> ParseError {
+    let pos = e.location().map(|l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
+    ParseError {
+        pos,
+        message: first_line(&e.without_snippet().to_string()),
+    }
 }
 
 /// The parser's rendered message may carry a source snippet; our diagnostics print the
@@ -278,6 +309,14 @@ mod tests {
         assert_eq!(n.get("b").unwrap().value, Value::Str("off".into()));
         assert_eq!(n.get("c").unwrap().value, Value::Str("007".into()));
         assert_eq!(n.get("d").unwrap().value, Value::Bool(true));
+    }
+
+    #[test]
+    fn several_documents_keep_file_positions() {
+        let docs = parse_documents("---\na: 1\n---\n# only a comment\n---\nb: 2\n---\n").unwrap();
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[1].get("b").unwrap().pos.line, 6);
+        assert!(parse_documents("a: 1\n---\nb: [\n").is_err());
     }
 
     #[test]

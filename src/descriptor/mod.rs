@@ -27,7 +27,7 @@ pub use explain::{Applies, Explanation, Format, Step};
 pub use key::{CounterKey, CounterScope};
 pub use rules::ANONYMOUS;
 
-use crate::config::{Config, Counting, Soft, Unit};
+use crate::config::{Config, Counting, Metadata, Soft, Unit};
 use rules::EndpointSet;
 use tree::DescriptorTree;
 
@@ -66,6 +66,11 @@ pub struct CounterRule {
     pub configured_name: Option<Arc<str>>,
     /// Names of rules this one replaces when both match in one request.
     pub replaces: Arc<[Arc<str>]>,
+    /// Quota mode (docs/envoy-compat.md §4): over limit shows in the descriptor's status but
+    /// does not by itself deny the request, and every hit is counted.
+    pub quota: bool,
+    /// The rule's `metadata`, returned in the response's dynamic metadata when it passes.
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 /// Where a counter sits, for metrics and logs.
@@ -101,6 +106,9 @@ pub struct Resolved {
     pub counters: Vec<CounterRule>,
     /// Why nothing applies, when nothing does (for metrics and debug logs).
     pub unmatched: Option<Unmatched>,
+    /// Matched by an `unlimited: true` rule: OK with `limit_remaining` 4294967295, as the
+    /// reference answers (docs/envoy-compat.md §6).
+    pub unlimited: bool,
 }
 
 /// Why a descriptor got no limit.

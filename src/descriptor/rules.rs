@@ -111,6 +111,8 @@ impl EndpointSet {
                 detail: None,
                 configured_name: None,
                 replaces: Arc::from([]),
+                quota: false,
+                metadata: None,
             }),
         }
         if let Some(raw_path) = find(ENTRY_PATH) {
@@ -237,6 +239,8 @@ impl EndpointRules {
             detail: None,
             configured_name: None,
             replaces: Arc::from([]),
+            quota: false,
+            metadata: None,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! envoyproxy/ratelimit matching: walk the request's entries level by level; at each level
 //! the exact `key`+`value` node, else the first `*` pattern (in file order) that matches,
 //! else the `key`-only node. No backtracking. The limit is the one at the node matched by the
-//! last entry (docs/envoy-compat.md, Matching).
+//! last entry (docs/envoy-compat.md §2). A matched rule carries its quota mode and
+//! metadata to the limiter; `value_to_metric` puts the request's value of a level in the
+//! metric's rule label (bounded by the metrics, as `detailed_metric` is).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use super::explain::Step;
 use super::key::CounterKey;
 use super::wildcard;
 use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, Unmatched};
-use crate::config::{Counting, DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
+use crate::config::{
+    Counting, DescriptorConfig, DescriptorDomain, Metadata, RateLimitConfig, Unit,
+};
 
 /// The compiled descriptors of one domain.
 #[derive(Debug, Default)]
@@ -37,6 +41,11 @@ struct Node {
     shadow: bool,
     detailed_metric: bool,
     share_threshold: bool,
+    quota: bool,
+    value_to_metric: bool,
+    metadata: Option<Arc<Metadata>>,
+    /// This level's part of the key path (`key`, `key=value`, `key=pattern`).
+    step: String,
     children: Level,
 }
 
@@ -69,6 +78,8 @@ impl DescriptorTree {
         let mut node = None;
         // The values that identify the counter: the request's, or a shared pattern.
         let mut identity: Vec<(&str, &str)> = Vec::with_capacity(entries.len());
+        // Set when a matched level has `value_to_metric`: its label is then built per level.
+        let mut value_to_metric = false;
         for e in entries {
             let found = level.by_key.get(&e.key).and_then(|g| {
                 if let Some(n) = g.exact.get(&e.value) {
@@ -93,6 +104,7 @@ impl DescriptorTree {
             match found {
                 Some((n, value)) => {
                     identity.push((&e.key, value));
+                    value_to_metric |= n.value_to_metric;
                     node = Some(n);
                     level = &n.children;
                 }
@@ -137,6 +149,10 @@ impl DescriptorTree {
                 detail: None,
                 configured_name: None,
                 replaces: Arc::from([]),
+                // An override is the request's own limit: neither quota mode nor metadata
+                // of a rule applies, as in the reference.
+                quota: false,
+                metadata: None,
             });
         }
         let Some(node) = node else {
@@ -159,16 +175,68 @@ impl DescriptorTree {
                 shadow: node.shadow,
                 soft: None,
                 labels: labels(&self.domain),
-                detail: node.detailed_metric.then(path),
+                detail: if node.detailed_metric {
+                    Some(path())
+                } else if value_to_metric {
+                    Some(self.value_to_metric_label(entries))
+                } else {
+                    None
+                },
                 configured_name: configured_name.clone(),
                 replaces: replaces.clone(),
+                quota: node.quota,
+                metadata: node.metadata.clone(),
             }),
-            Some(Limit::Unlimited) | None => Resolved::unmatched(Unmatched::NoRule),
+            Some(Limit::Unlimited) => Resolved {
+                unlimited: true,
+                ..Resolved::unmatched(Unmatched::NoRule)
+            },
+            None => Resolved::unmatched(Unmatched::NoRule),
         }
     }
 }
 
 impl DescriptorTree {
+    /// The rule label with `value_to_metric` (as the reference builds it): per level, the
+    /// request's value where the matched node has `value_to_metric`, the pattern where a
+    /// shared pattern matched (`share_threshold` wins), else the configured step. Only
+    /// called for a descriptor that matched every entry.
+    fn value_to_metric_label(&self, entries: &[Entry]) -> String {
+        let mut level = &self.root;
+        let mut out = String::new();
+        for e in entries {
+            let Some(g) = level.by_key.get(&e.key) else {
+                break;
+            };
+            let (n, via_pattern) = match g.exact.get(&e.value) {
+                Some(n) => (n, false),
+                None => match g
+                    .patterns
+                    .iter()
+                    .find(|(p, _)| wildcard::matches(p, &e.value))
+                {
+                    Some((_, n)) => (n, true),
+                    None => match g.any.as_deref() {
+                        Some(n) => (n, false),
+                        None => break,
+                    },
+                },
+            };
+            if !out.is_empty() {
+                out.push('.');
+            }
+            if n.value_to_metric && !(via_pattern && n.share_threshold) {
+                out.push_str(&e.key);
+                out.push('=');
+                out.push_str(&e.value);
+            } else {
+                out.push_str(&n.step);
+            }
+            level = &n.children;
+        }
+        out
+    }
+
     /// The trace of [`DescriptorTree::resolve`]'s walk (`ironclad-rls explain`): each entry
     /// and the node it matched, up to the first that matches none.
     pub(super) fn explain(&self, entries: &[Entry]) -> Vec<Step> {
@@ -223,7 +291,7 @@ fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
             None => d.key.clone(),
         };
         let path = if parent_path.is_empty() {
-            step
+            step.clone()
         } else {
             format!("{parent_path}.{step}")
         };
@@ -248,6 +316,10 @@ fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
             shadow: d.shadow_mode,
             detailed_metric: d.detailed_metric,
             share_threshold: d.share_threshold,
+            quota: d.quota_mode,
+            value_to_metric: d.value_to_metric,
+            metadata: d.metadata.clone().map(Arc::new),
+            step,
             children: level(&d.descriptors, &path),
         };
         let group = out.by_key.entry(d.key.clone()).or_default();
@@ -383,5 +455,62 @@ descriptors:
                 .counters
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn value_to_metric_labels_carry_the_requests_value_at_that_level() {
+        let text = "domain: d
+descriptors:
+  - key: route
+    value_to_metric: true
+    descriptors:
+      - key: method
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: api
+    value: v1/*
+    share_threshold: true
+    value_to_metric: true
+    descriptors:
+      - key: user
+        value_to_metric: true
+        quota_mode: true
+        metadata: { tier: gold }
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: plain
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+";
+        let loaded = load_sources(&[Source {
+            name: "t.yaml".into(),
+            text: text.into(),
+        }])
+        .unwrap();
+        let rs = RuleSet::compile(&loaded.config);
+        let rule = |pairs: &[(&str, &str)]| {
+            let entries: Vec<Entry> = pairs
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect();
+            rs.resolve("d", &entries, None).counters.remove(0)
+        };
+        // The route's value is in the label; the method level has no flag: its key only.
+        let r = rule(&[("route", "/users"), ("method", "GET")]);
+        assert_eq!(r.detail.as_deref(), Some("route=/users.method"));
+        assert_eq!(&*r.name, "route.method", "current_limit.name is unchanged");
+        // A shared pattern keeps its pattern (share_threshold wins); the user's value shows.
+        let r = rule(&[("api", "v1/items"), ("user", "u1")]);
+        assert_eq!(r.detail.as_deref(), Some("api=v1/*.user=u1"));
+        assert!(r.quota);
+        assert_eq!(
+            r.metadata
+                .as_deref()
+                .map(|m| serde_json::Value::Object(m.clone())),
+            Some(serde_json::json!({ "tier": "gold" }))
+        );
+        // No flag anywhere: no detail label.
+        assert_eq!(rule(&[("plain", "x")]).detail, None);
+        assert!(!rule(&[("plain", "x")]).quota);
     }
 }

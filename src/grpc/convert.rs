@@ -174,7 +174,56 @@ pub fn response_to_proto(d: &Decision, response_headers: bool) -> RateLimitRespo
         } else {
             Vec::new()
         },
+        dynamic_metadata: d.dynamic_metadata.as_ref().map(struct_of),
         ..RateLimitResponse::default()
+    }
+}
+
+/// JSON → `google.protobuf.Struct` (docs/envoy-compat.md §5): numbers become
+/// doubles, as a Struct holds them.
+fn struct_of(m: &serde_json::Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), struct_value(v)))
+            .collect(),
+    }
+}
+
+fn struct_value(v: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(struct_value).collect(),
+        }),
+        Value::Object(m) => Kind::StructValue(struct_of(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// `google.protobuf.Struct` → JSON, for `check` and `/json`.
+fn json_of_struct(s: &prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_of_value(v)))
+            .collect(),
+    )
+}
+
+fn json_of_value(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(json_of_value).collect()),
+        Some(Kind::StructValue(s)) => json_of_struct(s),
     }
 }
 
@@ -246,6 +295,9 @@ pub fn response_to_json(r: &RateLimitResponse) -> Value {
             .map(|h| json!({ "key": h.key, "value": h.value }))
             .collect();
     }
+    if let Some(m) = &r.dynamic_metadata {
+        out["dynamicMetadata"] = json_of_struct(m);
+    }
     out
 }
 
@@ -288,6 +340,7 @@ mod tests {
             counters: Vec::new(),
             unmatched: Vec::new(),
             committed: true,
+            dynamic_metadata: None,
         }
     }
 

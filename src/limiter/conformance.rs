@@ -21,6 +21,7 @@ fn op(namespace: &str, name: &str, limit: u64, hits: u64) -> CounterOp {
         hits,
         negative: false,
         enforce: true,
+        quota: false,
     }
 }
 

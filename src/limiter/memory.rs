@@ -144,6 +144,9 @@ impl MemoryStore {
         let mut slots = Vec::with_capacity(ops.len());
         let mut states = Vec::with_capacity(ops.len());
         let mut blocked = dry_run;
+        // Quota mode (docs/envoy-compat.md §4): a quota op never blocks by itself; the batch is
+        // blocked when all of them are over (a shadow one never is).
+        let (mut quota_ops, mut quota_over) = (0usize, 0usize);
         for op in ops {
             let slot = Slot::of(op);
             let sim = match sims.get(&slot) {
@@ -155,17 +158,36 @@ impl MemoryStore {
                 }
             };
             let (s, next) = state.decide(&slot, op, sim, now);
-            blocked |= s.over && op.enforce;
+            if op.quota {
+                quota_ops += 1;
+                quota_over += usize::from(s.over && op.enforce);
+            } else {
+                blocked |= s.over && op.enforce;
+            }
             sims.insert(slot.clone(), next);
             states.push(s);
             slots.push(slot);
         }
 
-        // All or nothing.
+        blocked |= quota_ops > 0 && quota_ops == quota_over;
+
+        // All or nothing, except that quota ops are counted even in a blocked batch (not in
+        // a dry run): they are the record of a cost already spent.
         if blocked {
+            let mut quota_sims: HashMap<Slot, Sim> = HashMap::new();
             for ((s, slot), op) in states.iter_mut().zip(&slots).zip(ops) {
+                if op.quota && !dry_run {
+                    let sim = quota_sims.get(slot).copied().unwrap_or(loaded[slot]);
+                    let (counted, next) = state.decide(slot, op, sim, now);
+                    quota_sims.insert(slot.clone(), next);
+                    *s = counted;
+                    continue;
+                }
                 let (stored, _) = state.decide(slot, &check_only(op), loaded[slot], now);
                 *s = blocked_report(*s, stored);
+            }
+            for (slot, sim) in quota_sims {
+                state.commit(slot, sim, now);
             }
         } else {
             // A counter the store does not hold yet needs room; a full store refuses the
@@ -765,6 +787,7 @@ mod tests {
             hits,
             negative: false,
             enforce: true,
+            quota: false,
         }
     }
 
@@ -936,6 +959,7 @@ mod tests {
             hits: 0,
             negative: false,
             enforce: true,
+            quota: false,
         }
     }
 

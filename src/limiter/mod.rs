@@ -2,7 +2,9 @@
 //!
 //! Owns: hits (request, per descriptor, check-only, negative), shadow mode, the
 //! all-or-nothing count of a request's counters through a [`CounterStore`], and the per
-//! descriptor statuses (docs/limits-format.md §4–§5). Each counter counts with its rule's
+//! descriptor statuses (docs/limits-format.md §4–§5), and `overall_code` combined as the
+//! reference combines it with quota mode (docs/envoy-compat.md §4), with the dynamic metadata
+//! the reference returns (docs/envoy-compat.md §5). Each counter counts with its rule's
 //! algorithm (fixed window, sliding window, token bucket: docs/algorithms.md), which the store
 //! applies; a request mixing them is still one atomic step. Time comes from an injected
 //! [`Clock`].
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde_json::{Value, json};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::{DEFAULT_MAX_COUNTERS, MemoryStore};
@@ -30,7 +33,7 @@ pub use store::{
     BatchOutcome, CounterOp, CounterState, CounterStore, MAX_EXACT, StoreError, StoreFuture,
 };
 
-use crate::config::{Algorithm, Unit};
+use crate::config::{Algorithm, Metadata, Unit};
 use crate::descriptor::{CounterRule, Resolved, RuleSet, Unmatched};
 
 /// The answer for a request or a descriptor.
@@ -95,6 +98,9 @@ pub struct Decision {
     pub unmatched: Vec<(usize, Unmatched)>,
     /// True when the counters were incremented.
     pub committed: bool,
+    /// With `--response-dynamic-metadata`: the response's `dynamic_metadata`, as the
+    /// reference builds it (docs/envoy-compat.md §5). `None`: none.
+    pub dynamic_metadata: Option<Metadata>,
 }
 
 /// Why a request could not be decided.
@@ -119,6 +125,10 @@ pub struct LimiterOptions {
     /// How long a full counter is answered locally at most (`--over-limit-cache-ttl`): how
     /// soon quota given back through another replica is seen here.
     pub over_limit_cache_ttl: Duration,
+    /// Global quota mode (`--quota-mode`): every descriptor is in quota mode.
+    pub quota_mode: bool,
+    /// Build the response's dynamic metadata (`--response-dynamic-metadata`).
+    pub response_dynamic_metadata: bool,
 }
 
 /// `--over-limit-cache-ttl`'s default.
@@ -130,6 +140,8 @@ impl Default for LimiterOptions {
             shadow_mode: false,
             over_limit_cache: false,
             over_limit_cache_ttl: DEFAULT_OVER_LIMIT_CACHE_TTL,
+            quota_mode: false,
+            response_dynamic_metadata: false,
         }
     }
 }
@@ -217,11 +229,12 @@ impl RateLimiter {
                     hits,
                     negative: d.is_negative_hits,
                     enforce: !rule.shadow,
+                    quota: self.options.quota_mode || rule.quota,
                 });
                 owners.push((i, rule, hits));
             }
         }
-        if let Some(decision) = self.answer_from_cache(req.descriptors.len(), &ops, &owners) {
+        if let Some(decision) = self.answer_from_cache(req, &resolved, &ops, &owners) {
             return Ok(decision);
         }
         // An endpoint with overall_limit 0 rejects the request, so nothing may be counted;
@@ -258,13 +271,10 @@ impl RateLimiter {
                 )
             })
             .collect();
-        let any_over = statuses.iter().any(|s| s.code == Code::OverLimit);
+        let (overall_code, passed) = self.combine(&resolved, &statuses);
         Ok(Decision {
-            overall_code: if any_over && !self.options.shadow_mode {
-                Code::OverLimit
-            } else {
-                Code::Ok
-            },
+            overall_code,
+            dynamic_metadata: self.dynamic_metadata(req, &resolved, &passed),
             statuses,
             unmatched: resolved
                 .iter()
@@ -274,6 +284,126 @@ impl RateLimiter {
             counters,
             committed: outcome.committed,
         })
+    }
+
+    /// `overall_code`, as the reference's service combines the statuses
+    /// (docs/envoy-compat.md §4): OVER_LIMIT when a descriptor not in quota mode is
+    /// over limit, or when every quota-mode descriptor is (with the global `--quota-mode`,
+    /// every descriptor is one, a descriptor no rule limits included); an `unlimited`
+    /// descriptor takes no part. Global shadow mode then makes it OK. Also returns the
+    /// descriptors that passed (not over, not unlimited), whose metadata is returned.
+    fn combine(&self, resolved: &[Resolved], statuses: &[DescriptorStatus]) -> (Code, Vec<usize>) {
+        // Only the metadata needs to know which passed: no allocation without it.
+        let mut passed = Vec::new();
+        let (mut failed_rate, mut failed_quota, mut total_quota) = (0usize, 0usize, 0usize);
+        for (i, (r, s)) in resolved.iter().zip(statuses).enumerate() {
+            if r.unlimited {
+                continue;
+            }
+            let quota = self.options.quota_mode || r.counters.iter().any(|c| c.quota);
+            if s.code == Code::OverLimit {
+                if quota {
+                    failed_quota += 1;
+                } else {
+                    failed_rate += 1;
+                }
+            } else if self.options.response_dynamic_metadata {
+                passed.push(i);
+            }
+            if quota {
+                total_quota += 1;
+            }
+        }
+        let over = failed_rate > 0 || (total_quota > 0 && total_quota == failed_quota);
+        let code = if over && !self.options.shadow_mode {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        (code, passed)
+    }
+
+    /// The response's dynamic metadata with `--response-dynamic-metadata`, in the
+    /// reference's structure: `domain`; `descriptors`, each with its `entries` as
+    /// `key=value` strings, its limit override (`limit`, in protobuf text form) and its
+    /// `hitsAddend` when set; the request's `hitsAddend` when not 0; and `metadata`, the
+    /// `metadata` of every rule whose descriptor passed, merged (the first descriptor's
+    /// value of a key wins; mappings under one key are merged the same way).
+    fn dynamic_metadata(
+        &self,
+        req: &Request,
+        resolved: &[Resolved],
+        passed: &[usize],
+    ) -> Option<Metadata> {
+        if !self.options.response_dynamic_metadata {
+            return None;
+        }
+        let mut out = Metadata::new();
+        out.insert("domain".into(), Value::String(req.domain.clone()));
+        let descriptors: Vec<Value> = req
+            .descriptors
+            .iter()
+            .map(|d| {
+                let mut o = Metadata::new();
+                let entries: Vec<Value> = d
+                    .entries
+                    .iter()
+                    .map(|e| Value::String(format!("{}={}", e.key, e.value)))
+                    .collect();
+                o.insert("entries".into(), Value::Array(entries));
+                if let Some(l) = &d.limit_override {
+                    o.insert("limit".into(), Value::String(override_text(l)));
+                }
+                if let Some(h) = d.hits_addend {
+                    o.insert("hitsAddend".into(), json!(h as f64));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        out.insert("descriptors".into(), Value::Array(descriptors));
+        if req.hits_addend != 0 {
+            out.insert("hitsAddend".into(), json!(f64::from(req.hits_addend)));
+        }
+        let mut merged = Metadata::new();
+        for &i in passed {
+            for c in resolved.get(i).map_or(&[][..], |r| &r.counters[..]) {
+                if let Some(m) = &c.metadata {
+                    merge_metadata(&mut merged, m);
+                }
+            }
+        }
+        if !merged.is_empty() {
+            out.insert("metadata".into(), Value::Object(merged));
+        }
+        Some(out)
+    }
+}
+
+/// A limit override in protobuf text form, as the reference prints it
+/// (`requests_per_unit:10 unit:MINUTE`); the unit is `envoy.type.v3.RateLimitUnit`'s name.
+fn override_text(l: &crate::descriptor::LimitOverride) -> String {
+    let mut s = format!(
+        "requests_per_unit:{} unit:{}",
+        l.requests_per_unit,
+        l.unit.as_str().to_ascii_uppercase()
+    );
+    if l.unit_multiplier != 1 {
+        s.push_str(&format!(" unit_multiplier:{{value:{}}}", l.unit_multiplier));
+    }
+    s
+}
+
+/// Merges `src` into `dest`: a key `dest` lacks is added; where both hold a mapping, they are
+/// merged the same way; otherwise `dest` keeps its value (the reference's `mergeMetadata`).
+fn merge_metadata(dest: &mut Metadata, src: &Metadata) {
+    for (k, v) in src {
+        match (dest.get_mut(k), v) {
+            (None, _) => {
+                dest.insert(k.clone(), v.clone());
+            }
+            (Some(Value::Object(d)), Value::Object(s)) => merge_metadata(d, s),
+            (Some(_), _) => {}
+        }
     }
 }
 
@@ -303,7 +433,8 @@ impl RateLimiter {
     /// others report OK without a limit (their state was not read; nothing was counted).
     fn answer_from_cache(
         &self,
-        descriptors: usize,
+        req: &Request,
+        resolved: &[Resolved],
         ops: &[CounterOp],
         owners: &[(usize, &CounterRule, u64)],
     ) -> Option<Decision> {
@@ -312,6 +443,8 @@ impl RateLimiter {
         let counters: Vec<CounterOutcome> = ops
             .iter()
             .zip(owners)
+            // A quota-mode counter must count every hit: the store always sees it.
+            .filter(|(op, _)| !op.quota)
             .filter_map(|(op, &(descriptor, rule, hits))| {
                 let reset_ms = full.full_for(op, now)?;
                 let count = op.limit;
@@ -332,21 +465,26 @@ impl RateLimiter {
         if counters.is_empty() {
             return None;
         }
-        let statuses = (0..descriptors)
-            .map(|i| {
+        // Only an enforcing counter that is not in quota mode is cached, so the request is
+        // over limit whatever the other descriptors say; their state was not read.
+        let statuses: Vec<DescriptorStatus> = resolved
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
                 status_of(
-                    &Resolved::default(),
+                    &Resolved {
+                        unlimited: r.unlimited,
+                        ..Resolved::default()
+                    },
                     counters.iter().filter(|c| c.descriptor == i),
                     now,
                 )
             })
             .collect();
+        let (overall_code, passed) = self.combine(resolved, &statuses);
         Some(Decision {
-            overall_code: if self.options.shadow_mode {
-                Code::Ok
-            } else {
-                Code::OverLimit
-            },
+            overall_code,
+            dynamic_metadata: self.dynamic_metadata(req, resolved, &passed),
             statuses,
             counters,
             unmatched: Vec::new(),
@@ -370,6 +508,7 @@ impl RateLimiter {
             let count = if outcome.committed { s.after } else { s.before };
             if op.algorithm == Algorithm::FixedWindow
                 && op.enforce
+                && !op.quota
                 && op.limit > 0
                 && count >= op.limit
             {
@@ -421,7 +560,8 @@ fn status_of<'a>(
         return DescriptorStatus {
             code: Code::Ok,
             current_limit: None,
-            limit_remaining: 0,
+            // The reference's answer for `unlimited: true` (docs/envoy-compat.md §6).
+            limit_remaining: if r.unlimited { u32::MAX } else { 0 },
             duration_until_reset: None,
         };
     };

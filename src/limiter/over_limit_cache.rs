@@ -127,6 +127,7 @@ mod tests {
             hits: 1,
             negative: false,
             enforce: true,
+            quota: false,
         }
     }
 

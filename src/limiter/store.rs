@@ -33,6 +33,8 @@ pub struct CounterOp {
     /// When false (shadow mode) this counter being over limit does not stop the others
     /// from being counted.
     pub enforce: bool,
+    /// quota mode (docs/envoy-compat.md): counted on every hit, never blocks by itself
+    pub quota: bool,
 }
 
 /// Lua numbers are doubles: the Redis store counts exactly below 2^53, and both stores bound

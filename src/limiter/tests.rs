@@ -704,3 +704,243 @@ descriptors:
     let d = h.limiter.should_rate_limit(&req).await.unwrap();
     assert_eq!(d.overall_code, Code::Ok);
 }
+
+/// Quota mode, dynamic metadata and the unlimited answer (docs/envoy-compat.md): the cases of
+/// the reference's service tests (`test/service/ratelimit_test.go`), with real counting.
+const QUOTA_RULES: &str = "domain: q
+descriptors:
+  - key: regular
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+    metadata: { name: service_1, pool: { a: 1 } }
+  - key: quota
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+    metadata: { name: service_2, pool: { a: 2, b: 2 }, only_quota: true }
+  - key: quota2
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: debit
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 10 }
+  - key: free
+    rate_limit: { unlimited: true }
+";
+
+fn q_request(keys: &[&str]) -> Request {
+    Request {
+        domain: "q".into(),
+        hits_addend: 0,
+        descriptors: keys
+            .iter()
+            .map(|k| Descriptor {
+                entries: vec![Entry {
+                    key: (*k).into(),
+                    value: "v".into(),
+                }],
+                ..Descriptor::default()
+            })
+            .collect(),
+    }
+}
+
+impl Harness {
+    async fn q(&self, keys: &[&str]) -> (Code, Vec<Code>) {
+        let d = self
+            .limiter
+            .should_rate_limit(&q_request(keys))
+            .await
+            .unwrap();
+        (d.overall_code, d.statuses.iter().map(|s| s.code).collect())
+    }
+}
+
+use Code::{Ok as OK, OverLimit as OVER};
+
+#[tokio::test]
+async fn quota_mode_combines_overall_code_as_the_reference() {
+    let h = harness(QUOTA_RULES);
+    // A non-quota descriptor over limit denies, whatever the quota descriptors say
+    // (TestServicePerDescriptorQuotaMode).
+    assert_eq!(h.q(&["regular"]).await, (OK, vec![OK]));
+    assert_eq!(h.q(&["regular", "quota"]).await, (OVER, vec![OVER, OK]));
+    // The rejected request counted nothing on the regular rule, but the quota rule counted
+    // its hit: it is now full.
+    assert_eq!(h.q(&["quota2", "quota"]).await, (OK, vec![OK, OVER]));
+    // Some quota descriptors over: OK (TestServiceQuotaModeOnlySomeOverTheLimit). All of
+    // them over: OVER_LIMIT (TestServiceQuotaModeOnlyAllOverTheLimit).
+    assert_eq!(h.q(&["quota", "quota2"]).await, (OVER, vec![OVER, OVER]));
+    // The only quota descriptor over, the regular one within: OVER_LIMIT
+    // (TestServiceMixedPerDescriptorModes); the regular rule consumed nothing.
+    h.clock.advance_ms(60_000);
+    assert_eq!(h.q(&["quota"]).await, (OK, vec![OK]));
+    assert_eq!(h.q(&["regular", "quota"]).await, (OVER, vec![OK, OVER]));
+    assert_eq!(h.q(&["regular"]).await, (OK, vec![OK]));
+    // An unlimited descriptor takes no part: the one quota descriptor over still denies.
+    assert_eq!(h.q(&["free", "quota"]).await, (OVER, vec![OK, OVER]));
+}
+
+#[tokio::test]
+async fn global_quota_mode_denies_only_when_every_descriptor_is_over() {
+    let h = harness_with(
+        QUOTA_RULES,
+        LimiterOptions {
+            quota_mode: true,
+            ..LimiterOptions::default()
+        },
+    );
+    assert_eq!(h.q(&["regular", "quota2"]).await, (OK, vec![OK, OK]));
+    // Both over (TestServiceGlobalQuotaMode).
+    assert_eq!(h.q(&["regular", "quota2"]).await, (OVER, vec![OVER, OVER]));
+    // A descriptor no rule limits is a quota descriptor that passed, as in the reference.
+    assert_eq!(h.q(&["regular", "nothing"]).await, (OK, vec![OVER, OK]));
+    // Global shadow mode still wins.
+    let h = harness_with(
+        QUOTA_RULES,
+        LimiterOptions {
+            quota_mode: true,
+            shadow_mode: true,
+            ..LimiterOptions::default()
+        },
+    );
+    h.q(&["regular"]).await;
+    assert_eq!(h.q(&["regular"]).await, (OK, vec![OVER]));
+}
+
+#[tokio::test]
+async fn a_quota_debit_past_the_limit_is_recorded() {
+    let h = harness(QUOTA_RULES);
+    let mut check = q_request(&["debit"]);
+    check.descriptors[0].hits_addend = Some(0);
+    let mut debit = q_request(&["debit"]);
+    debit.descriptors[0].hits_addend = Some(25);
+    let d = h.limiter.should_rate_limit(&check).await.unwrap();
+    assert_eq!((d.overall_code, d.statuses[0].limit_remaining), (OK, 10));
+    // The stream's real cost, far past the limit: reported over, and counted all the same.
+    let d = h.limiter.should_rate_limit(&debit).await.unwrap();
+    assert_eq!(d.statuses[0].code, OVER);
+    assert_eq!(d.counters[0].state.after, 25);
+    // The next check sees it: denied until the window ends.
+    let d = h.limiter.should_rate_limit(&check).await.unwrap();
+    assert_eq!((d.overall_code, d.statuses[0].limit_remaining), (OVER, 0));
+    h.clock.advance_ms(60_000);
+    let d = h.limiter.should_rate_limit(&check).await.unwrap();
+    assert_eq!(d.overall_code, OK);
+}
+
+#[tokio::test]
+async fn the_over_limit_cache_never_answers_a_quota_counter() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    let options = LimiterOptions {
+        over_limit_cache: true,
+        ..LimiterOptions::default()
+    };
+    let limiter = RateLimiter::new(rules_from(QUOTA_RULES), store, clock.clone(), options);
+    let mut debit = q_request(&["debit"]);
+    debit.descriptors[0].hits_addend = Some(4);
+    for expected_after in [4, 8, 12, 16] {
+        let d = limiter.should_rate_limit(&debit).await.unwrap();
+        assert_eq!(
+            d.counters[0].state.after, expected_after,
+            "every debit counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dynamic_metadata_has_the_references_structure() {
+    let h = harness_with(
+        QUOTA_RULES,
+        LimiterOptions {
+            response_dynamic_metadata: true,
+            ..LimiterOptions::default()
+        },
+    );
+    let mut req = q_request(&["regular", "quota", "free"]);
+    req.hits_addend = 2;
+    req.descriptors[1].hits_addend = Some(1);
+    req.descriptors[2].limit_override = Some(crate::descriptor::LimitOverride {
+        requests_per_unit: 5,
+        unit: Unit::Minute,
+        unit_multiplier: 1,
+    });
+    // regular: 2 hits of 1 → over (and the request is denied); quota passes with 1 hit.
+    let d = h.limiter.should_rate_limit(&req).await.unwrap();
+    assert_eq!(d.overall_code, OVER);
+    let m = serde_json::Value::Object(d.dynamic_metadata.unwrap());
+    assert_eq!(
+        m,
+        json!({
+            "domain": "q",
+            "descriptors": [
+                { "entries": ["regular=v"] },
+                { "entries": ["quota=v"], "hitsAddend": 1.0 },
+                { "entries": ["free=v"], "limit": "requests_per_unit:5 unit:MINUTE" },
+            ],
+            "hitsAddend": 2.0,
+            // Only the passed descriptor's metadata.
+            "metadata": { "name": "service_2", "pool": { "a": 2, "b": 2 }, "only_quota": true },
+        })
+    );
+    // Both pass: merged, the first descriptor's value of a key wins, mappings merge.
+    let d = h
+        .limiter
+        .should_rate_limit(&q_request(&["regular", "quota2", "quota"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
+        [OK, OK, OVER]
+    );
+    let m = serde_json::Value::Object(d.dynamic_metadata.unwrap());
+    assert_eq!(
+        m["metadata"],
+        json!({ "name": "service_1", "pool": { "a": 1 } })
+    );
+    // Off: none.
+    let off = harness(QUOTA_RULES);
+    let d = off
+        .limiter
+        .should_rate_limit(&q_request(&["regular"]))
+        .await
+        .unwrap();
+    assert!(d.dynamic_metadata.is_none());
+}
+
+#[tokio::test]
+async fn unlimited_answers_the_references_remaining() {
+    let h = harness(QUOTA_RULES);
+    let d = h
+        .limiter
+        .should_rate_limit(&q_request(&["free", "nothing"]))
+        .await
+        .unwrap();
+    assert_eq!(d.overall_code, OK);
+    assert_eq!(d.statuses[0].limit_remaining, u32::MAX);
+    assert!(d.statuses[0].current_limit.is_none());
+    assert_eq!(
+        d.statuses[1].limit_remaining, 0,
+        "not limited is not unlimited"
+    );
+    assert!(d.counters.is_empty(), "unlimited is never counted");
+}
+
+#[tokio::test]
+async fn a_shadow_quota_rule_is_a_quota_descriptor_that_passed() {
+    let text = "domain: q
+descriptors:
+  - key: quota
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: watched
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+";
+    let h = harness(text);
+    assert_eq!(h.q(&["quota", "watched"]).await, (OK, vec![OK, OK]));
+    // Both past their limits, but the shadow one reports OK: not every quota descriptor is
+    // over, so the request passes (the reference counts the shadow rule's OK status).
+    assert_eq!(h.q(&["quota", "watched"]).await, (OK, vec![OVER, OK]));
+    assert_eq!(h.q(&["quota"]).await, (OVER, vec![OVER]));
+}
