@@ -11,6 +11,7 @@
 //! or the single `b3` header, the propagators the reference combines. A caller's sampling
 //! decision is followed; where it made none, `--trace-sampling-rate` decides.
 
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -20,7 +21,9 @@ use opentelemetry::trace::{
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::{Resource, trace::Span};
@@ -86,6 +89,10 @@ pub fn install(args: &ServeArgs) -> Result<Option<Guard>, TelemetryError> {
             .build(),
         OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(OnRuntime {
+                client: HyperClient::with_default_connector(EXPORT_TIMEOUT, None),
+                runtime: tokio::runtime::Handle::current(),
+            })
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(http_traces_url(endpoint))
             .build(),
@@ -120,6 +127,37 @@ pub fn install(args: &ServeArgs) -> Result<Option<Guard>, TelemetryError> {
     );
     Ok(Some(Guard { provider }))
 }
+
+/// The deadline of one OTLP/HTTP export (the exporters' usual default).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The hyper client, run on the service's Tokio runtime: the SDK's batch processor exports
+/// from a thread of its own, with no Tokio timer or reactor, which hyper needs.
+#[derive(Debug)]
+struct OnRuntime {
+    client: HyperClient,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpClient for OnRuntime {
+    fn send_bytes<'a, 'b>(
+        &'a self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Pin<Box<dyn Future<Output = ExportResult> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        let client = self.client.clone();
+        let task = self
+            .runtime
+            .spawn(async move { client.send_bytes(request).await });
+        Box::pin(async move { task.await.map_err(|e| Box::new(e) as HttpError)? })
+    }
+}
+
+/// What one OTLP/HTTP request gives back.
+type ExportResult = Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, HttpError>;
 
 /// The OTLP/HTTP URL for traces: `/v1/traces` added when the endpoint has no path, as the
 /// OpenTelemetry exporters do with `OTEL_EXPORTER_OTLP_ENDPOINT`.
