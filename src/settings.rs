@@ -95,7 +95,7 @@ pub struct ServeArgs {
     /// across failovers. A sentinel written `rediss://host:port` means TLS to the sentinels
     /// and to the master.
     #[arg(long, env = "RLS_REDIS_SENTINEL", value_parser = parse_sentinel)]
-    pub redis_sentinel: Option<crate::redis::sentinel::SentinelTarget>,
+    pub redis_sentinel: Option<Box<crate::redis::sentinel::SentinelTarget>>,
 
     /// A file holding the sentinels' password (not the master's: that is
     /// --redis-password-file).
@@ -213,7 +213,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    // OpenTelemetry tracing (docs/observability.md "Tracing").
+    /// OpenTelemetry tracing (docs/observability.md "Tracing"). Boxed, as it is off in most
+    /// deployments and `serve`'s flags would otherwise outgrow the other commands' by far.
+    #[command(flatten)]
+    pub tracing: Box<TracingArgs>,
+}
+
+/// `serve`'s tracing flags: one span per decision exported with OTLP.
+#[derive(Debug, Clone, Args)]
+pub struct TracingArgs {
     /// Export one span per decision with OTLP to this collector (`http://host:4317` for
     /// gRPC, `http://host:4318` for HTTP, where `/v1/traces` is added when the URL has no
     /// path). Absent: no tracing at all.
@@ -285,8 +293,8 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_sentinel(s: &str) -> Result<crate::redis::sentinel::SentinelTarget, String> {
-    crate::redis::sentinel::SentinelTarget::parse(s)
+fn parse_sentinel(s: &str) -> Result<Box<crate::redis::sentinel::SentinelTarget>, String> {
+    crate::redis::sentinel::SentinelTarget::parse(s).map(Box::new)
 }
 
 fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
@@ -334,10 +342,10 @@ mod tests {
         assert!((s.near_limit_ratio - 0.8).abs() < f64::EPSILON);
         assert_eq!(s.soft_consumer_labels, 1000);
         assert!(s.grpc_tls_cert.is_none());
-        assert!(s.redis_sentinel.is_none() && s.otlp_endpoint.is_none());
-        assert_eq!(s.otlp_protocol, OtlpProtocol::Grpc);
-        assert_eq!(s.trace_service_name, "ironclad-rls");
-        assert!((s.trace_sampling_rate - 1.0).abs() < f64::EPSILON);
+        assert!(s.redis_sentinel.is_none() && s.tracing.otlp_endpoint.is_none());
+        assert_eq!(s.tracing.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(s.tracing.trace_service_name, "ironclad-rls");
+        assert!((s.tracing.trace_sampling_rate - 1.0).abs() < f64::EPSILON);
     }
 
     #[test]
@@ -357,8 +365,8 @@ mod tests {
         let t = s.redis_sentinel.unwrap();
         assert_eq!(t.master, "mymaster");
         assert_eq!(t.sentinels.len(), 2);
-        assert_eq!(s.otlp_protocol, OtlpProtocol::Http);
-        assert!((s.trace_sampling_rate - 0.25).abs() < f64::EPSILON);
+        assert_eq!(s.tracing.otlp_protocol, OtlpProtocol::Http);
+        assert!((s.tracing.trace_sampling_rate - 0.25).abs() < f64::EPSILON);
         let refused: [&[&str]; 4] = [
             &["--redis-sentinel", "s1:26379"],
             &["--redis-sentinel", "m,s:1", "--redis-url", "redis://a"],

@@ -29,7 +29,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::{Resource, trace::Span};
 
 use crate::proto::{RateLimitRequest, RateLimitResponse, rate_limit_response::Code};
-use crate::settings::{OtlpProtocol, ServeArgs};
+use crate::settings::{OtlpProtocol, TracingArgs};
 
 /// How long shutting down may wait for the last spans to be exported.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,7 +74,7 @@ impl Drop for Guard {
 
 /// Starts exporting when `--otlp-endpoint` is set (inside a Tokio runtime: the gRPC
 /// exporter needs one). `None` when tracing is off.
-pub fn install(args: &ServeArgs) -> Result<Option<Guard>, TelemetryError> {
+pub fn install(args: &TracingArgs) -> Result<Option<Guard>, TelemetryError> {
     let Some(endpoint) = &args.otlp_endpoint else {
         return Ok(None);
     };

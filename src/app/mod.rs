@@ -47,7 +47,7 @@ use crate::watch;
 /// Runs the service until `shutdown` resolves, then drains: [`bind`], then [`Bound::run`].
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Kept to the end of `run`: dropping it exports the spans still queued.
-    let _tracing = crate::telemetry::install(&args)?;
+    let _tracing = crate::telemetry::install(&args.tracing)?;
     bind(args).await?.run(shutdown).await
 }
 
@@ -243,7 +243,7 @@ fn build_store(
     let mut target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
         (Some(url), _) => RedisTarget::Single(url.clone()),
         (None, []) if args.redis_sentinel.is_some() => {
-            RedisTarget::Sentinel(args.redis_sentinel.clone().context("checked just above")?)
+            RedisTarget::Sentinel(*args.redis_sentinel.clone().context("checked just above")?)
         }
         (None, []) => {
             let store = MemoryStore::with_max_counters(clock.clone(), args.memory_max_counters);

@@ -8,7 +8,7 @@
 //! master. The task re-asks the sentinels
 //! - at once when a sentinel publishes `+switch-master` for our master (subscribed on every
 //!   sentinel, so one that is down does not hide the event),
-//! - every [`RECHECK_INTERVAL`] otherwise, which also catches a master that answers but is
+//! - every half second otherwise, which also catches a master that answers but is
 //!   no longer one (ROLE is checked on every new address, and on the current one each
 //!   round: an old master that comes back is demoted to a replica and would refuse writes
 //!   with READONLY).
@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use ::redis::{Client, IntoConnectionInfo, TlsCertificates, Value};
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
@@ -131,9 +131,12 @@ impl std::fmt::Debug for Follower {
     }
 }
 
-/// A sentinel's connection settings, checked once at start-up.
+/// The sentinels: each one's name for logs (credentials redacted), its client, and the
+/// connection last used to ask it, kept so that asking every [`RECHECK_INTERVAL`] does not
+/// open a connection each time.
 struct Sentinels {
     clients: Vec<(String, Client)>,
+    connections: Vec<Option<MultiplexedConnection>>,
 }
 
 impl Follower {
@@ -195,21 +198,38 @@ impl Sentinels {
             .map_err(|e| format!("sentinel {shown}: {e}"))?;
             clients.push((shown, client));
         }
-        Ok(Sentinels { clients })
+        let connections = vec![None; clients.len()];
+        Ok(Sentinels {
+            clients,
+            connections,
+        })
     }
 
-    /// Asks each sentinel in turn for the master's address; the first answer wins.
-    async fn master_address(&self, master: &str) -> Option<(String, u16)> {
-        for (name, client) in &self.clients {
+    /// Asks each sentinel in turn for the master's address; the first answer wins. A
+    /// sentinel that fails loses its cached connection, so the next question reconnects.
+    async fn master_address(&mut self, master: &str) -> Option<(String, u16)> {
+        for ((name, client), cached) in self.clients.iter().zip(self.connections.iter_mut()) {
             let asked = async {
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                ::redis::cmd("SENTINEL")
+                let mut conn = match cached.take() {
+                    Some(c) => c,
+                    None => client.get_multiplexed_async_connection().await?,
+                };
+                let reply = ::redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(master)
                     .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
+                    .await?;
+                Ok::<_, ::redis::RedisError>((conn, reply))
             };
-            match tokio::time::timeout(SENTINEL_TIMEOUT, asked).await {
+            let answer = match tokio::time::timeout(SENTINEL_TIMEOUT, asked).await {
+                Ok(Ok((conn, reply))) => {
+                    *cached = Some(conn);
+                    Ok(Ok(reply))
+                }
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(elapsed) => Err(elapsed),
+            };
+            match answer {
                 Ok(Ok(Some(address))) => return Some(address),
                 Ok(Ok(None)) => {
                     tracing::warn!(sentinel = %name, master, "the sentinel does not know this master")
@@ -225,7 +245,7 @@ impl Sentinels {
 /// Finds the master, connects, and keeps following it until the follower is dropped.
 async fn follow(
     follower: std::sync::Weak<Follower>,
-    sentinels: Sentinels,
+    mut sentinels: Sentinels,
     options: SentinelOptions,
 ) {
     let mut unreachable_logged = false;
