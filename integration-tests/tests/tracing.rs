@@ -192,6 +192,31 @@ async fn grpc_export_joins_the_w3c_caller() {
         attribute(&over, "ratelimit.overall_code"),
         string("OVER_LIMIT")
     );
+
+    // A refused request (no domain) is traced too, as an error with gRPC's code.
+    let refused_trace = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let mut bad = tonic::Request::new(request("", &[&[("user", "x")]]));
+    bad.metadata_mut().insert(
+        "traceparent",
+        format!("00-{refused_trace}-051581bf3cb55c13-01")
+            .parse()
+            .expect("ASCII"),
+    );
+    let status = rls
+        .client()
+        .await
+        .should_rate_limit(bad)
+        .await
+        .expect_err("a request without a domain is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let (_, refused) = received.wait_for(refused_trace, &rls).await;
+    assert_eq!(
+        attribute(&refused, "rpc.grpc.status_code"),
+        Some(Value::IntValue(3))
+    );
+    let span_status = refused.status.expect("a span status");
+    assert_eq!(span_status.code, 2, "STATUS_CODE_ERROR");
+    assert!(!span_status.message.is_empty());
 }
 
 /// A minimal OTLP/HTTP receiver: reads `POST /v1/traces` with a content-length body,
