@@ -213,7 +213,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// OpenTelemetry tracing (docs/observability.md "Tracing"). Boxed, as it is off in most
+    /// OpenTelemetry tracing (docs/observability.md §7). Boxed, as it is off in most
     /// deployments and `serve`'s flags would otherwise outgrow the other commands' by far.
     #[command(flatten)]
     pub tracing: Box<TracingArgs>,

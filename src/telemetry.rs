@@ -1,5 +1,5 @@
 //! OpenTelemetry tracing: one span per `ShouldRateLimit` decision, exported with OTLP
-//! (docs/observability.md "Tracing").
+//! (docs/observability.md §7).
 //!
 //! Off unless `--otlp-endpoint` is given; then [`install`] builds the exporter (gRPC or
 //! HTTP/protobuf) behind the SDK's batch processor, which exports from its own thread, so a

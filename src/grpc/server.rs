@@ -80,7 +80,7 @@ impl UnaryService<Bytes> for ShouldRateLimit {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let inner = Arc::clone(&self.0);
-        // One span per decision when OTLP export is on (docs/observability.md "Tracing").
+        // One span per decision when OTLP export is on (docs/observability.md §7).
         let span = crate::telemetry::start(request.metadata());
         Box::pin(async move {
             let message = request.into_inner();

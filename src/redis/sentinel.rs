@@ -164,14 +164,6 @@ impl Follower {
     pub fn live(&self) -> Option<ConnectionManager> {
         self.current.load().as_ref().map(|m| m.manager.clone())
     }
-
-    /// The master in use, `host:port`, for logs.
-    pub fn master_address(&self) -> Option<String> {
-        self.current
-            .load()
-            .as_ref()
-            .map(|m| format!("{}:{}", m.address.0, m.address.1))
-    }
 }
 
 impl Sentinels {
