@@ -71,5 +71,6 @@ pub(crate) mod service;
 pub mod settings;
 pub mod shutdown;
 pub(crate) mod status;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod watch;

@@ -89,13 +89,34 @@ pub struct ServeArgs {
 
     /// Shared counters in Redis: `redis://[user:pass@]host:port[/db]` or `rediss://...`.
     /// Absent: counters live in this process (one replica only).
-    #[arg(long, env = "RLS_REDIS_URL", conflicts_with = "redis_cluster_url")]
+    #[arg(long, env = "RLS_REDIS_URL", conflicts_with_all = ["redis_cluster_url", "redis_sentinel"])]
     pub redis_url: Option<String>,
 
     /// Comma-separated seed nodes of a Redis Cluster (`redis://host:port`, `rediss://...`,
     /// or bare `host:port`).
-    #[arg(long, env = "RLS_REDIS_CLUSTER_URL", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RLS_REDIS_CLUSTER_URL",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel"
+    )]
     pub redis_cluster_url: Vec<String>,
+
+    /// Redis Sentinel: `MASTER,host:port[,host:port...]`, the name the sentinels monitor
+    /// the master under, then the sentinels. The master is found through them and followed
+    /// across failovers. A sentinel written `rediss://host:port` means TLS to the sentinels
+    /// and to the master.
+    #[arg(long, env = "RLS_REDIS_SENTINEL", value_parser = parse_sentinel)]
+    pub redis_sentinel: Option<Box<crate::redis::sentinel::SentinelTarget>>,
+
+    /// A file holding the sentinels' password (not the master's: that is
+    /// --redis-password-file).
+    #[arg(
+        long,
+        env = "RLS_REDIS_SENTINEL_PASSWORD_FILE",
+        requires = "redis_sentinel"
+    )]
+    pub redis_sentinel_password_file: Option<PathBuf>,
 
     /// A file holding the Redis password (a Kubernetes Secret), so it never sits in argv or
     /// the environment. Overrides a password in the URL.
@@ -203,6 +224,43 @@ pub struct ServeArgs {
     /// overrides, which change other callers' quota.
     #[arg(long, env = "RLS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// OpenTelemetry tracing (docs/observability.md §7). Boxed, as it is off in most
+    /// deployments and `serve`'s flags would otherwise outgrow the other commands' by far.
+    #[command(flatten)]
+    pub tracing: Box<TracingArgs>,
+}
+
+/// `serve`'s tracing flags: one span per decision exported with OTLP.
+#[derive(Debug, Clone, Args)]
+pub struct TracingArgs {
+    /// Export one span per decision with OTLP to this collector (`http://host:4317` for
+    /// gRPC, `http://host:4318` for HTTP, where `/v1/traces` is added when the URL has no
+    /// path). Absent: no tracing at all.
+    #[arg(long, env = "RLS_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http` (HTTP/protobuf).
+    #[arg(long, env = "RLS_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::Grpc)]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "RLS_TRACE_SERVICE_NAME", default_value = "ironclad-rls")]
+    pub trace_service_name: String,
+
+    /// Fraction of traces sampled where the caller did not decide (a caller's sampled flag
+    /// is followed), from 0 to 1.
+    #[arg(long, env = "RLS_TRACE_SAMPLING_RATE", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub trace_sampling_rate: f64,
+}
+
+/// How spans travel to the OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC.
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies.
+    Http,
 }
 
 /// The answer when the counter store fails.
@@ -247,6 +305,17 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_sentinel(s: &str) -> Result<Box<crate::redis::sentinel::SentinelTarget>, String> {
+    crate::redis::sentinel::SentinelTarget::parse(s).map(Box::new)
+}
+
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
+}
+
 fn parse_key_prefix(s: &str) -> Result<String, String> {
     // A brace would become the Redis Cluster hash tag of every key, piling all counters
     // on one slot.
@@ -285,6 +354,41 @@ mod tests {
         assert!((s.near_limit_ratio - 0.8).abs() < f64::EPSILON);
         assert_eq!(s.soft_consumer_labels, 1000);
         assert!(s.grpc_tls_cert.is_none());
+        assert!(s.redis_sentinel.is_none() && s.tracing.otlp_endpoint.is_none());
+        assert_eq!(s.tracing.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(s.tracing.trace_service_name, "ironclad-rls");
+        assert!((s.tracing.trace_sampling_rate - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn sentinel_and_tracing_flags() {
+        let s = serve(&[
+            "--config",
+            "x",
+            "--redis-sentinel",
+            "mymaster,s1:26379,s2:26379",
+            "--otlp-endpoint",
+            "http://collector:4318",
+            "--otlp-protocol",
+            "http",
+            "--trace-sampling-rate",
+            "0.25",
+        ]);
+        let t = s.redis_sentinel.unwrap();
+        assert_eq!(t.master, "mymaster");
+        assert_eq!(t.sentinels.len(), 2);
+        assert_eq!(s.tracing.otlp_protocol, OtlpProtocol::Http);
+        assert!((s.tracing.trace_sampling_rate - 0.25).abs() < f64::EPSILON);
+        let refused: [&[&str]; 4] = [
+            &["--redis-sentinel", "s1:26379"],
+            &["--redis-sentinel", "m,s:1", "--redis-url", "redis://a"],
+            &["--otlp-endpoint", "collector:4317"],
+            &["--trace-sampling-rate", "2"],
+        ];
+        for args in refused {
+            let argv = [&["ironclad-rls", "serve", "--config", "x"], args].concat();
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?} is refused");
+        }
     }
 
     #[test]

@@ -164,6 +164,19 @@ fn variants() -> Vec<Variant> {
             ]),
         },
         Variant {
+            name: "sentinel-tracing",
+            args: sets(&[
+                "redis.sentinel.master=mymaster",
+                "redis.sentinel.addresses={s1.cache:26379,s2.cache:26379,s3.cache:26379}",
+                "redis.sentinel.auth.existingSecret=sentinel-credentials",
+                "redis.auth.existingSecret=redis-credentials",
+                "networkPolicy.redis.ports={6379,26379}",
+                "replicaCount=2",
+                "tracing.otlpEndpoint=http://otel-collector.observability:4317",
+                "networkPolicy.otlp.to[0].ipBlock.cidr=10.30.0.0/16",
+            ]),
+        },
+        Variant {
             name: "existing-configmap",
             args: sets(&[
                 "limits.existingConfigMap=my-limits",
@@ -439,6 +452,28 @@ fn mistyped_or_inconsistent_values_fail_at_install_time() {
             false,
         ),
         (&["limits.files=null"], "no limits", false),
+        (
+            &["tracing.otlpEndpoint=collector:4317"],
+            "otlpEndpoint",
+            true,
+        ),
+        (&["settings.traceSamplingRate=2"], "traceSamplingRate", true),
+        (&["settings.otlpProtocol=thrift"], "otlpProtocol", true),
+        (&["redis.sentinel.addresses={s1}"], "addresses", true),
+        (
+            &[
+                "redis.sentinel.master=m",
+                "redis.sentinel.addresses={s:26379}",
+                "redis.url=redis://a:6379",
+            ],
+            "excludes redis.url",
+            false,
+        ),
+        (
+            &["redis.sentinel.master=m"],
+            "needs redis.sentinel.addresses",
+            false,
+        ),
     ];
     for (set, expect, schema) in cases {
         let out = helm_template(&sets(set));
@@ -475,6 +510,12 @@ fn chart_defaults_equal_the_binarys_defaults() {
         ("config", "the mounted limits ConfigMap directory"),
         ("redis-url", "redis.url, or the demo Redis"),
         ("redis-cluster-url", "redis.clusterUrls"),
+        ("redis-sentinel", "redis.sentinel.master and addresses"),
+        (
+            "redis-sentinel-password-file",
+            "the Secret of redis.sentinel.auth, mounted as a file",
+        ),
+        ("otlp-endpoint", "tracing.otlpEndpoint, off when empty"),
         (
             "redis-password-file",
             "the Secret of redis.auth, mounted as a file",
@@ -752,9 +793,9 @@ fn every_rendered_pod_is_hardened_and_admitted_by_restricted() {
             }
         }
     }
-    // default 1 + demo 2 + external 1 + monitor 1 + observability 1 + cluster 1 + existing 1
-    // + digest 2
-    assert_eq!(pods, 10, "pod templates checked");
+    // default 1 + demo 2 + external 1 + monitor 1 + observability 1 + cluster 1 + sentinel 1
+    // + existing 1 + digest 2
+    assert_eq!(pods, 11, "pod templates checked");
 
     // The namespace manifest enforces restricted.
     let ns_yaml = std::fs::read_to_string(workspace_root().join("charts/namespace.yaml"))
@@ -803,6 +844,10 @@ fn redis_password_is_a_mounted_file_never_argv_or_env() {
                 assert_eq!(secret_name, "redis-credentials");
                 assert_eq!(secret["items"][0]["key"], "pw");
             }
+            "sentinel-tracing" => {
+                assert_eq!(secret_name, "redis-credentials");
+                assert_eq!(secret["items"][0]["key"], "password");
+            }
             "external-redis-autoscaling" => {
                 let s = get(&r.docs, "Secret", secret_name);
                 assert_eq!(
@@ -831,6 +876,47 @@ fn redis_password_is_a_mounted_file_never_argv_or_env() {
             }
         }
     }
+}
+
+#[test]
+fn sentinel_and_tracing_are_flags_and_the_sentinels_password_a_mounted_file() {
+    let docs = parse_docs(&render_yaml(&[]));
+    let args = args_of(rls_container(&docs));
+    assert!(flag(&args, "redis-sentinel").is_none() && flag(&args, "otlp-endpoint").is_none());
+
+    let variant = variants()
+        .into_iter()
+        .find(|v| v.name == "sentinel-tracing")
+        .expect("the sentinel-tracing variant");
+    let docs = parse_docs(&render_yaml(&variant.args));
+    let c = rls_container(&docs);
+    let args = args_of(c);
+    assert_eq!(
+        flag(&args, "redis-sentinel"),
+        Some("mymaster,s1.cache:26379,s2.cache:26379,s3.cache:26379")
+    );
+    assert_eq!(
+        flag(&args, "otlp-endpoint"),
+        Some("http://otel-collector.observability:4317")
+    );
+    let file = flag(&args, "redis-sentinel-password-file").expect("the sentinels' password file");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| file.starts_with(m["mountPath"].as_str().unwrap_or("-")))
+        })
+        .expect("the password file is on a mount");
+    let pod = &get(&docs, "Deployment", &fullname())["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == mount["name"]))
+        .expect("the mount's volume");
+    assert_eq!(volume["secret"]["secretName"], "sentinel-credentials");
+    assert!(
+        !c["env"].to_string().contains("sentinel-credentials"),
+        "the password is a file, never the environment"
+    );
 }
 
 #[test]
@@ -1060,9 +1146,27 @@ fn network_policies_admit_only_gateways_and_monitoring_and_reach_only_redis_and_
             serde_json::json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
         );
         assert_eq!(dns["to"][0]["podSelector"], np_values["dns"]["podSelector"]);
-        let redis_rules = &egress[1..];
+        // With tracing, the last rule reaches the OTLP collector, on its ports only.
+        let redis_rules = if flag(&args_of(c), "otlp-endpoint").is_some() {
+            let (otlp, rest) = egress.split_last().expect("an OTLP rule");
+            assert_eq!(
+                otlp["ports"],
+                serde_json::json!([{"port": 4317, "protocol": "TCP"}, {"port": 4318, "protocol": "TCP"}]),
+                "{}",
+                r.name
+            );
+            assert_eq!(
+                otlp["to"][0]["ipBlock"]["cidr"], "10.30.0.0/16",
+                "{}",
+                r.name
+            );
+            &rest[1..]
+        } else {
+            &egress[1..]
+        };
         let demo = find(docs, "Deployment", &format!("{}-redis", fullname()));
         let external = flag(&args_of(c), "redis-cluster-url").is_some()
+            || flag(&args_of(c), "redis-sentinel").is_some()
             || flag(&args_of(c), "redis-url").is_some_and(|u| !u.contains("-redis."));
         match (demo, external) {
             (Some(redis), _) => {
@@ -1099,10 +1203,12 @@ fn network_policies_admit_only_gateways_and_monitoring_and_reach_only_redis_and_
             }
             (None, true) => {
                 assert_eq!(redis_rules.len(), 1, "{}", r.name);
-                assert_eq!(
-                    redis_rules[0]["ports"],
+                let ports = if r.name == "sentinel-tracing" {
+                    serde_json::json!([{"port": 6379, "protocol": "TCP"}, {"port": 26379, "protocol": "TCP"}])
+                } else {
                     serde_json::json!([{"port": 6379, "protocol": "TCP"}])
-                );
+                };
+                assert_eq!(redis_rules[0]["ports"], ports, "{}", r.name);
                 if r.name == "external-redis-autoscaling" {
                     assert_eq!(redis_rules[0]["to"][0]["ipBlock"]["cidr"], "10.20.0.0/16");
                 }

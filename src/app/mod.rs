@@ -46,6 +46,8 @@ use crate::watch;
 
 /// Runs the service until `shutdown` resolves, then drains: [`bind`], then [`Bound::run`].
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Kept to the end of `run`: dropping it exports the spans still queued.
+    let _tracing = crate::telemetry::install(&args.tracing)?;
     bind(args).await?.run(shutdown).await
 }
 
@@ -240,8 +242,11 @@ fn build_store(
     args: &ServeArgs,
     clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<(Arc<dyn CounterStore>, Option<String>)> {
-    let target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
+    let mut target = match (&args.redis_url, args.redis_cluster_url.as_slice()) {
         (Some(url), _) => RedisTarget::Single(url.clone()),
+        (None, []) if args.redis_sentinel.is_some() => {
+            RedisTarget::Sentinel(*args.redis_sentinel.clone().context("checked just above")?)
+        }
         (None, []) => {
             let store = MemoryStore::with_max_counters(clock.clone(), args.memory_max_counters);
             return Ok((Arc::new(store), None));
@@ -257,6 +262,20 @@ fn build_store(
                 .with_context(|| format!("cannot read --redis-password-file {}", p.display()))
         })
         .transpose()?;
+    let sentinel_password = args
+        .redis_sentinel_password_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .with_context(|| {
+                    format!("cannot read --redis-sentinel-password-file {}", p.display())
+                })
+        })
+        .transpose()?;
+    if let RedisTarget::Sentinel(t) = &mut target {
+        t.password = sentinel_password;
+    }
     let ca_pem = args
         .redis_ca_file
         .as_ref()

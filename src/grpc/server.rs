@@ -80,7 +80,16 @@ impl UnaryService<Bytes> for ShouldRateLimit {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let inner = Arc::clone(&self.0);
-        Box::pin(async move { inner.answer(&request.into_inner()).await.map(Response::new) })
+        // One span per decision when OTLP export is on (docs/observability.md §7).
+        let span = crate::telemetry::start(request.metadata());
+        Box::pin(async move {
+            let message = request.into_inner();
+            let answer = inner.answer(&message).await.map(Response::new);
+            if let Some(span) = span {
+                span.finish(&message, &answer);
+            }
+            answer
+        })
     }
 }
 

@@ -15,6 +15,7 @@ mod breaker;
 mod cluster;
 mod deadline;
 mod script;
+pub mod sentinel;
 pub mod url;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub enum RedisTarget {
     Single(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
+    /// A master found through Redis Sentinel, followed across failovers (`sentinel.rs`).
+    Sentinel(sentinel::SentinelTarget),
 }
 
 /// How to reach Redis.
@@ -77,6 +80,10 @@ pub fn describe(target: &RedisTarget) -> String {
             let nodes: Vec<String> = nodes.iter().map(|u| url::redact(u)).collect();
             format!("cluster {}", nodes.join(","))
         }
+        RedisTarget::Sentinel(t) => {
+            let nodes: Vec<String> = t.sentinels.iter().map(|u| url::redact(u)).collect();
+            format!("sentinel {} via {}", t.master, nodes.join(","))
+        }
     }
 }
 
@@ -84,6 +91,7 @@ pub fn describe(target: &RedisTarget) -> String {
 enum Connection {
     Single(ConnectionManager),
     Cluster(Arc<ArcSwapOption<ClusterConnection>>),
+    Sentinel(Arc<sentinel::Follower>),
 }
 
 /// One connection handle of either kind, so calls are written once.
@@ -195,6 +203,15 @@ impl RedisStore {
                 tokio::spawn(cluster::connect(client, slot.clone(), described.clone()));
                 Connection::Cluster(slot)
             }
+            RedisTarget::Sentinel(target) => Connection::Sentinel(
+                sentinel::Follower::start(sentinel::SentinelOptions {
+                    target: target.clone(),
+                    password: options.password.clone(),
+                    ca_pem: options.ca_pem.clone(),
+                    timeout: options.timeout,
+                })
+                .map_err(|e| RedisConfigError(format!("{described}: {e}")))?,
+            ),
         };
         let store = Arc::new(RedisStore {
             connection,
@@ -218,6 +235,9 @@ impl RedisStore {
                 .ok_or_else(|| {
                     StoreError::Unavailable("not connected to the Redis Cluster yet".into())
                 }),
+            Connection::Sentinel(f) => f.live().map(Live::Single).ok_or_else(|| {
+                StoreError::Unavailable("no master from the Redis Sentinels yet".into())
+            }),
         }
     }
 
@@ -306,7 +326,7 @@ impl CounterStore for RedisStore {
                 return Err(self.open_circuit());
             }
             match &self.connection {
-                Connection::Single(_) => {
+                Connection::Single(_) | Connection::Sentinel(_) => {
                     let all: Vec<&CounterOp> = ops.iter().collect();
                     self.run_script(&all, Mode::of(dry_run)).await
                 }
@@ -328,6 +348,7 @@ impl CounterStore for RedisStore {
         match self.connection {
             Connection::Single(_) => "redis",
             Connection::Cluster(_) => "redis-cluster",
+            Connection::Sentinel(_) => "redis-sentinel",
         }
     }
 }

@@ -117,15 +117,21 @@ password
 Checks across values that the schema cannot express; each fails the install with the reason.
 */}}
 {{- define "ironclad-rls.validate" -}}
-{{- $shared := or .Values.redis.url .Values.redis.clusterUrls .Values.demoRedis.enabled -}}
+{{- $shared := or .Values.redis.url .Values.redis.clusterUrls .Values.redis.sentinel.master .Values.demoRedis.enabled -}}
 {{- if and (not $shared) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
-{{- fail "more than one replica needs shared counters: set redis.url, redis.clusterUrls or demoRedis.enabled (counters in memory are per pod, so N replicas would admit N times each limit)" -}}
+{{- fail "more than one replica needs shared counters: set redis.url, redis.clusterUrls, redis.sentinel or demoRedis.enabled (counters in memory are per pod, so N replicas would admit N times each limit)" -}}
 {{- end -}}
 {{- if and .Values.redis.url .Values.redis.clusterUrls -}}
 {{- fail "redis.url and redis.clusterUrls exclude each other" -}}
 {{- end -}}
-{{- if and .Values.demoRedis.enabled (or .Values.redis.url .Values.redis.clusterUrls) -}}
-{{- fail "demoRedis.enabled brings its own Redis: leave redis.url and redis.clusterUrls empty" -}}
+{{- if and .Values.demoRedis.enabled (or .Values.redis.url .Values.redis.clusterUrls .Values.redis.sentinel.master) -}}
+{{- fail "demoRedis.enabled brings its own Redis: leave redis.url, redis.clusterUrls and redis.sentinel empty" -}}
+{{- end -}}
+{{- if and .Values.redis.sentinel.master (or .Values.redis.url .Values.redis.clusterUrls) -}}
+{{- fail "redis.sentinel excludes redis.url and redis.clusterUrls" -}}
+{{- end -}}
+{{- if and .Values.redis.sentinel.master (not .Values.redis.sentinel.addresses) -}}
+{{- fail "redis.sentinel.master needs redis.sentinel.addresses (the sentinels, host:port)" -}}
 {{- end -}}
 {{- if and .Values.redis.auth.existingSecret .Values.redis.auth.password -}}
 {{- fail "set redis.auth.existingSecret or redis.auth.password, not both" -}}
