@@ -73,3 +73,4 @@ pub mod shutdown;
 pub(crate) mod status;
 pub(crate) mod tls;
 pub(crate) mod watch;
+pub mod xds;
