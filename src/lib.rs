@@ -56,6 +56,7 @@
 pub(crate) mod admin;
 pub mod app;
 pub mod commands;
+pub mod compat_env;
 pub mod config;
 pub mod descriptor;
 pub(crate) mod grpc;

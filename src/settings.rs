@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
+    /// Run the service as envoyproxy/ratelimit does: no flags, configured by the reference's
+    /// environment variables (what the binary does when invoked as `ratelimit`).
+    Ratelimit,
     /// Load limits files as `serve` would; print the effective rules and every warning.
     /// Exit 0 when valid, 1 with every error listed.
     Validate(validate::Args),
@@ -109,7 +112,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "RLS_FORCE_START_WITHOUT_INITIAL_CONFIG",
-        requires = "config_xds"
+        conflicts_with = "config"
     )]
     pub force_start_without_initial_config: bool,
 
