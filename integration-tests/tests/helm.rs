@@ -494,6 +494,19 @@ fn chart_defaults_equal_the_binarys_defaults() {
             "admin-token-file",
             "adminToken.secretName, mounted as a file",
         ),
+        ("config-xds", "xds.url, instead of the limits ConfigMap"),
+        ("config-xds-node-metadata", "xds.nodeMetadata"),
+        ("config-xds-tls-ca", "xds.tls.secretName, mounted as files"),
+        (
+            "config-xds-tls-cert",
+            "xds.tls.secretName, mounted as files",
+        ),
+        ("config-xds-tls-key", "xds.tls.secretName, mounted as files"),
+        ("config-xds-tls-server-name", "xds.tls.serverName"),
+        (
+            "metrics-addr",
+            "not used: the Service and ServiceMonitor scrape the admin port's /metrics",
+        ),
     ]
     .into_iter()
     .collect();
