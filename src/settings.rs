@@ -24,6 +24,8 @@ pub struct Cli {
 }
 
 /// The commands.
+// One value per process, parsed once: the size of `serve`'s settings costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.

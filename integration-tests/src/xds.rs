@@ -3,7 +3,7 @@
 //! (envoyproxy/gateway internal/globalratelimit/runner/runner.go registers go-control-plane's
 //! ADS server), and recording every request a client sends (ACKs and NACKs).
 //!
-//! It runs on a runtime of its own on a thread of its own, so that [`ManagementServer::stop`]
+//! It runs on a runtime of its own on a thread of its own, so that `ManagementServer::stop`
 //! closes every connection at once, as a management server that is killed would.
 
 use std::net::SocketAddr;
