@@ -175,3 +175,56 @@ fn xds_and_files_are_exclusive_and_a_bad_address_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("http:// or https://"), "{err}");
 }
+
+/// Where xDS meets the shared store and shadow mode: two replicas fed by one management
+/// server count into one Redis; a new version keeps the counts made under the previous one;
+/// a resource's `shadow_mode` answers OK over the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_redis_share_xds_limits_across_versions_and_honour_shadow_mode() {
+    use ironclad_rls::proto::ratelimit::config::ratelimit::v3::{
+        RateLimitDescriptor, RateLimitPolicy,
+    };
+    wait_for_fresh_window(3600, Duration::from_secs(120));
+    let redis = integration_tests::redis::RedisServer::start();
+    let url = redis.url();
+    let server = ManagementServer::start(None);
+    let a = start_rls(&server, &["--redis-url", &url, "--redis-timeout", "2s"]);
+    let b = start_rls(&server, &["--redis-url", &url, "--redis-timeout", "2s"]);
+    server.set("1", vec![limit("shared", "k", "v", 3, RateLimitUnit::Hour)]);
+    a.wait_ready(DEADLINE);
+    b.wait_ready(DEADLINE);
+    assert_eq!(codes(&a, "shared", "v", 1).await, vec![OK]);
+    assert_eq!(codes(&b, "shared", "v", 1).await, vec![OK]);
+
+    // Version 2: the same limit plus a shadow rule. The count of `v` goes on from 2.
+    let mut v2 = limit("shared", "k", "v", 3, RateLimitUnit::Hour);
+    v2.descriptors.push(RateLimitDescriptor {
+        key: "k".into(),
+        value: "s".into(),
+        rate_limit: Some(RateLimitPolicy {
+            unit: RateLimitUnit::Hour as i32,
+            requests_per_unit: 1,
+            ..Default::default()
+        }),
+        shadow_mode: true,
+        ..Default::default()
+    });
+    server.set("2", vec![v2]);
+    eventually(DEADLINE, "both replicas to ACK version 2", || {
+        let acks = server
+            .recorded()
+            .into_iter()
+            .filter(|r| r.response_nonce == "n2" && r.version_info == "2")
+            .count();
+        (acks >= 2).then_some(())
+    });
+    assert_eq!(codes(&b, "shared", "v", 1).await, vec![OK], "the third of 3");
+    assert_eq!(codes(&a, "shared", "v", 1).await, vec![OVER], "counted across versions and replicas");
+    assert_eq!(
+        codes(&a, "shared", "s", 3).await,
+        vec![OK; 3],
+        "shadow mode from the resource never rejects"
+    );
+    let shadowed = a.metric("ratelimit_hits_total", &[("outcome", "shadow_over_limit")]);
+    assert_eq!(shadowed, Some(2.0), "the two hits past the shadow limit are counted as such");
+}
