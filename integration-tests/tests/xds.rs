@@ -218,13 +218,25 @@ async fn replicas_on_redis_share_xds_limits_across_versions_and_honour_shadow_mo
             .count();
         (acks >= 2).then_some(())
     });
-    assert_eq!(codes(&b, "shared", "v", 1).await, vec![OK], "the third of 3");
-    assert_eq!(codes(&a, "shared", "v", 1).await, vec![OVER], "counted across versions and replicas");
+    assert_eq!(
+        codes(&b, "shared", "v", 1).await,
+        vec![OK],
+        "the third of 3"
+    );
+    assert_eq!(
+        codes(&a, "shared", "v", 1).await,
+        vec![OVER],
+        "counted across versions and replicas"
+    );
     assert_eq!(
         codes(&a, "shared", "s", 3).await,
         vec![OK; 3],
         "shadow mode from the resource never rejects"
     );
     let shadowed = a.metric("ratelimit_hits_total", &[("outcome", "shadow_over_limit")]);
-    assert_eq!(shadowed, Some(2.0), "the two hits past the shadow limit are counted as such");
+    assert_eq!(
+        shadowed,
+        Some(2.0),
+        "the two hits past the shadow limit are counted as such"
+    );
 }
