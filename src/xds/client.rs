@@ -266,11 +266,16 @@ impl XdsClient {
                 failures,
             );
             failures = failures.saturating_add(1);
+            let serving = if self.installer.current().generation > 0 {
+                "the last configuration keeps serving"
+            } else {
+                "no configuration installed yet"
+            };
             tracing::warn!(
                 server = %self.options.uri,
                 retry_in = ?wait,
                 version = %self.applied_version,
-                "xDS configuration stream ended ({end}); the last configuration keeps serving"
+                "xDS configuration stream ended ({end}); {serving}"
             );
             tokio::time::sleep(wait).await;
         }
@@ -359,8 +364,12 @@ impl XdsClient {
             let mut text = e.to_string();
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {
-                text.push_str(": ");
-                text.push_str(&c.to_string());
+                // hyper's errors repeat their source's text in their own: said once.
+                let said = c.to_string();
+                if !text.contains(&said) {
+                    text.push_str(": ");
+                    text.push_str(&said);
+                }
                 cause = c.source();
             }
             SessionEnd::Connect(text)
