@@ -2,7 +2,9 @@
 //!
 //! 1. [`bind`]: load the configuration and install it as generation 1 (the same door every
 //!    reload uses, `install.rs`), build the counter store, the limiter and the metrics, set
-//!    up reload and TLS, and bind the listeners. It returns a [`Bound`] service whose
+//!    up reload (or, with `--config-xds`, the xDS source as a critical task: its first
+//!    response is generation 1) and TLS, and bind the listeners (and the metrics listener of
+//!    `--metrics-addr`). It returns a [`Bound`] service whose
 //!    addresses are known (port 0 in tests) and which serves nothing yet.
 //! 2. [`Bound::run`]: serve gRPC and admin HTTP, and wait for the shutdown future **or** any
 //!    critical task ending: a server that dies at run time ends the process with an error
