@@ -20,19 +20,26 @@ WORKDIR /src
 COPY . .
 RUN grep -q "channel = \"${RUST_VERSION}\"" rust-toolchain.toml \
     || { echo "RUST_VERSION ${RUST_VERSION} differs from rust-toolchain.toml" >&2; exit 1; }
+# /links/bin/ratelimit: the same binary under envoyproxy/ratelimit's name, so a Deployment
+# written for the reference (Envoy Gateway's runs `/bin/ratelimit`, configured by environment
+# variables) works with only the image changed (docs/envoy-gateway.md). A symlink made here,
+# as the final image has no shell, and copied as a directory so that it stays a link.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin ironclad-rls \
     && if readelf -d target/release/ironclad-rls | grep -q NEEDED; then \
          echo "ironclad-rls is not statically linked" >&2; exit 1; \
        fi \
-    && cp target/release/ironclad-rls /ironclad-rls
+    && cp target/release/ironclad-rls /ironclad-rls \
+    && mkdir -p /links/bin && ln -s /usr/local/bin/ironclad-rls /links/bin/ratelimit
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /ironclad-rls /usr/local/bin/ironclad-rls
+COPY --from=build /links/ /
 # distroless's nonroot user, numeric so that runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532
-# gRPC (RateLimitService, health, reflection) and admin HTTP (/healthz, /readyz, /metrics).
+# gRPC (RateLimitService, health, reflection) and admin HTTP (/healthz, /readyz, /healthcheck,
+# /metrics).
 EXPOSE 8081 8080
 ENTRYPOINT ["/usr/local/bin/ironclad-rls"]
 CMD ["serve", "--config", "/etc/ironclad-rls/limits"]

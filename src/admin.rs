@@ -105,6 +105,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/healthcheck", get(healthcheck))
         .route("/metrics", get(metrics))
         .merge(guarded)
         // Read-only summaries, open like `/metrics` (which carries consumer labels too): the
@@ -187,6 +188,24 @@ pub async fn readiness(s: &AdminState) -> Result<(), String> {
             "{} counter store did not answer within {READY_PROBE_TIMEOUT:?}",
             store.kind()
         )),
+    }
+}
+
+/// The router of the separate metrics listener (`--metrics-addr`): the metrics at `path`,
+/// nothing else.
+pub fn metrics_router(state: AdminState, path: &str) -> Router {
+    Router::new().route(path, get(metrics)).with_state(state)
+}
+
+/// `GET /healthcheck` as envoyproxy/ratelimit answers it (Envoy Gateway probes it): 200 `OK`
+/// while ready, 500 with an empty body otherwise (docs/envoy-gateway.md).
+async fn healthcheck(State(s): State<AdminState>) -> Response {
+    match readiness(&s).await {
+        Ok(()) => (StatusCode::OK, "OK").into_response(),
+        Err(why) => {
+            tracing::debug!(%why, "healthcheck: not healthy");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 

@@ -30,12 +30,17 @@
 //! with positioned errors; [`descriptor`] compiles that model into lookup structures.
 //! [`install::Installer`] is the one door through which a loaded configuration becomes the
 //! served [`limiter::Snapshot`] (generation 1 at start-up, the next on every reload by
-//! `reload`); `/config` reads the same snapshot that requests are decided with.
+//! `reload`); `/config` reads the same snapshot that requests are decided with. The second
+//! source, [`xds`], takes `RateLimitConfig` resources from an xDS management server (Envoy
+//! Gateway's), turns each into the limits file it stands for, loads it with the same loader
+//! and installs it through the same door.
 //!
 //! ## The process
 //!
 //! `main` parses [`settings::Cli`] and runs a command: `serve` is [`app`] (bind, run while
-//! supervising the servers, drain), the others live in [`commands`], one file each.
+//! supervising the servers, drain), the others live in [`commands`], one file each. Invoked
+//! as `ratelimit` (the image's `/bin/ratelimit`), the settings come from envoyproxy/ratelimit's
+//! environment variables instead ([`compat_env`]).
 //! What an operator looks at: [`limited`] (the bounded top-k of rejecting counters that
 //! `service::Decider` feeds), served with the status page by `status` on the admin port and
 //! merged across replicas by `commands::top`; `descriptor`'s explain trace behind
@@ -56,6 +61,7 @@
 pub(crate) mod admin;
 pub mod app;
 pub mod commands;
+pub mod compat_env;
 pub mod config;
 pub mod descriptor;
 pub(crate) mod grpc;
@@ -74,3 +80,4 @@ pub(crate) mod status;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod watch;
+pub mod xds;

@@ -15,6 +15,11 @@ pub mod envoy {
                 tonic::include_proto!("envoy.service.ratelimit.v3");
             }
         }
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
     }
     pub mod extensions {
         pub mod common {
@@ -34,6 +39,35 @@ pub mod envoy {
         pub mod core {
             pub mod v3 {
                 tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+}
+
+/// The xDS discovery messages and the aggregated discovery service (`envoy.service.discovery.v3`).
+pub mod discovery {
+    pub use super::envoy::service::discovery::v3::*;
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+/// The reference's xDS resource (`ratelimit.config.ratelimit.v3`) and its discovery service.
+pub mod ratelimit {
+    pub mod config {
+        pub mod ratelimit {
+            pub mod v3 {
+                tonic::include_proto!("ratelimit.config.ratelimit.v3");
+            }
+        }
+    }
+    pub mod service {
+        pub mod ratelimit {
+            pub mod v3 {
+                tonic::include_proto!("ratelimit.service.ratelimit.v3");
             }
         }
     }

@@ -88,3 +88,26 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> impl std::future::Future<Output = (
         let _ = reloader;
     }
 }
+
+/// A task body for a service whose configuration does not come from files (xDS): SIGHUP
+/// is logged and changes nothing, instead of killing the process with the default action.
+pub fn ignore_sighup() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hup = signal(SignalKind::hangup());
+        async move {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP received: the configuration comes from xDS; nothing to reload"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async move {}
+}

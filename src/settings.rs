@@ -24,10 +24,15 @@ pub struct Cli {
 }
 
 /// The commands.
+// One value per process, parsed once: the size of `serve`'s settings costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
+    /// Run the service as envoyproxy/ratelimit does: no flags, configured by the reference's
+    /// environment variables (what the binary does when invoked as `ratelimit`).
+    Ratelimit,
     /// Load limits files as `serve` would; print the effective rules and every warning.
     /// Exit 0 when valid, 1 with every error listed.
     Validate(validate::Args),
@@ -49,21 +54,86 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A limits file or a directory of them (repeatable, or comma-separated in RLS_CONFIG).
+    /// Either this or --config-xds.
     #[arg(
         long = "config",
         env = "RLS_CONFIG",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "config_xds",
+        conflicts_with = "config_xds"
     )]
     pub config: Vec<PathBuf>,
+
+    // The xDS configuration source (docs/envoy-gateway.md).
+    /// Take the limits from an xDS management server instead of files: `host:port`,
+    /// `http://host:port` or `https://host:port` (State-of-the-World ADS stream of
+    /// `ratelimit.config.ratelimit.v3.RateLimitConfig`, as Envoy Gateway serves it).
+    #[arg(long, env = "RLS_CONFIG_XDS")]
+    pub config_xds: Option<String>,
+
+    /// The node id sent to the xDS server, which picks the snapshot by it (Envoy Gateway:
+    /// `envoy-ratelimit`).
+    #[arg(long, env = "RLS_CONFIG_XDS_NODE_ID", default_value = "default")]
+    pub config_xds_node_id: String,
+
+    /// Node metadata sent to the xDS server: `key=value` pairs, comma-separated.
+    #[arg(long, env = "RLS_CONFIG_XDS_NODE_METADATA", value_delimiter = ',', value_parser = parse_key_value)]
+    pub config_xds_node_metadata: Vec<(String, String)>,
+
+    /// PEM CA bundle that signed the xDS server's certificate: connect over TLS.
+    #[arg(long, env = "RLS_CONFIG_XDS_TLS_CA")]
+    pub config_xds_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain for the xDS server (mutual TLS).
+    #[arg(long, env = "RLS_CONFIG_XDS_TLS_CERT", requires = "config_xds_tls_key")]
+    pub config_xds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --config-xds-tls-cert.
+    #[arg(long, env = "RLS_CONFIG_XDS_TLS_KEY", requires = "config_xds_tls_cert")]
+    pub config_xds_tls_key: Option<PathBuf>,
+
+    /// The name the xDS server's certificate must carry, when it is not the URL's host.
+    #[arg(long, env = "RLS_CONFIG_XDS_TLS_SERVER_NAME")]
+    pub config_xds_tls_server_name: Option<String>,
+
+    /// First wait before reconnecting to the xDS server; doubled (with jitter) after each
+    /// failed attempt up to --config-xds-backoff-max.
+    #[arg(long, env = "RLS_CONFIG_XDS_BACKOFF_INITIAL", default_value = "1s", value_parser = parse::duration)]
+    pub config_xds_backoff_initial: Duration,
+
+    /// Longest wait between reconnection attempts to the xDS server.
+    #[arg(long, env = "RLS_CONFIG_XDS_BACKOFF_MAX", default_value = "30s", value_parser = parse::duration)]
+    pub config_xds_backoff_max: Duration,
+
+    /// Largest xDS response accepted, in bytes.
+    #[arg(long, env = "RLS_CONFIG_XDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub config_xds_max_message_bytes: u32,
+
+    /// With --config-xds: serve (with no limits) and be ready before the first
+    /// configuration arrives. Without it the service is not ready until then.
+    #[arg(
+        long,
+        env = "RLS_FORCE_START_WITHOUT_INITIAL_CONFIG",
+        conflicts_with = "config"
+    )]
+    pub force_start_without_initial_config: bool,
 
     /// The RLS gRPC listener (Envoy's `rate_limit_service`). Port 0 picks a free port.
     #[arg(long, env = "RLS_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
 
-    /// The admin HTTP listener: /healthz, /readyz, /config.
+    /// The admin HTTP listener: /healthz, /readyz, /healthcheck, /metrics, /config.
     #[arg(long, env = "RLS_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
+
+    /// A listener of its own for Prometheus metrics (at --metrics-path), besides the admin
+    /// port's /metrics (the reference's PROMETHEUS_ADDR).
+    #[arg(long, env = "RLS_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// The path of the metrics on --metrics-addr.
+    #[arg(long, env = "RLS_METRICS_PATH", default_value = "/metrics", value_parser = parse_http_path)]
+    pub metrics_path: String,
 
     /// Global shadow mode: overall_code is never OVER_LIMIT; statuses and counting as if
     /// enforcing.
@@ -286,8 +356,14 @@ pub enum LogFormat {
 /// Sets up `tracing` on stderr (stdout stays for command output): level from `RUST_LOG`,
 /// default `info`.
 pub fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+/// [`init_logging`] with another default level (`RUST_LOG` still wins): the reference's
+/// `LOG_LEVEL` when run as `ratelimit`.
+pub fn init_logging_at(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -295,6 +371,21 @@ pub fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, found {s:?}")),
+    }
+}
+
+fn parse_http_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(char::is_whitespace) {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a path starting with `/`".into())
     }
 }
 
@@ -451,5 +542,68 @@ mod tests {
     #[test]
     fn serve_needs_a_config() {
         assert!(Cli::try_parse_from(["ironclad-rls", "serve"]).is_err());
+    }
+
+    #[test]
+    fn xds_is_a_configuration_source_instead_of_files() {
+        let s = serve(&[
+            "--config-xds",
+            "envoy-gateway:18001",
+            "--config-xds-node-id",
+            "envoy-ratelimit",
+            "--config-xds-node-metadata",
+            "a=1,b=x=y",
+        ]);
+        assert!(s.config.is_empty());
+        assert_eq!(s.config_xds.as_deref(), Some("envoy-gateway:18001"));
+        assert_eq!(s.config_xds_node_id, "envoy-ratelimit");
+        assert_eq!(
+            s.config_xds_node_metadata,
+            vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]
+        );
+        assert!(!s.force_start_without_initial_config);
+        assert_eq!(serve(&["--config", "x"]).config_xds_node_id, "default");
+        let both = [
+            "ironclad-rls",
+            "serve",
+            "--config",
+            "x",
+            "--config-xds",
+            "h:1",
+        ];
+        assert!(Cli::try_parse_from(both).is_err(), "one source at a time");
+        let force_without_xds = [
+            "ironclad-rls",
+            "serve",
+            "--config",
+            "x",
+            "--force-start-without-initial-config",
+        ];
+        assert!(Cli::try_parse_from(force_without_xds).is_err());
+    }
+
+    #[test]
+    fn metrics_listener_flags() {
+        let s = serve(&["--config", "x"]);
+        assert!(s.metrics_addr.is_none());
+        assert_eq!(s.metrics_path, "/metrics");
+        let s = serve(&[
+            "--config",
+            "x",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--metrics-path",
+            "/stats",
+        ]);
+        assert_eq!(s.metrics_path, "/stats");
+        let bad = [
+            "ironclad-rls",
+            "serve",
+            "--config",
+            "x",
+            "--metrics-path",
+            "stats",
+        ];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 }

@@ -139,6 +139,13 @@ impl Rls {
         Rls::spawn(command)
     }
 
+    /// Starts a prepared command (the binary under another name, say) and waits until it
+    /// reports its listeners; it must log JSON (`--log-format json` or `LOG_FORMAT=json`)
+    /// at info level.
+    pub fn start_command(command: Command) -> Rls {
+        Rls::spawn(command)
+    }
+
     fn spawn(mut command: Command) -> Rls {
         let mut child = command
             .stdin(Stdio::null())
@@ -475,3 +482,5 @@ pub mod pki {
 }
 /// A real Envoy.
 pub mod envoy;
+/// An xDS management server serving `RateLimitConfig`.
+pub mod xds;

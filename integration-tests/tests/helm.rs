@@ -535,6 +535,19 @@ fn chart_defaults_equal_the_binarys_defaults() {
             "admin-token-file",
             "adminToken.secretName, mounted as a file",
         ),
+        ("config-xds", "xds.url, instead of the limits ConfigMap"),
+        ("config-xds-node-metadata", "xds.nodeMetadata"),
+        ("config-xds-tls-ca", "xds.tls.secretName, mounted as files"),
+        (
+            "config-xds-tls-cert",
+            "xds.tls.secretName, mounted as files",
+        ),
+        ("config-xds-tls-key", "xds.tls.secretName, mounted as files"),
+        ("config-xds-tls-server-name", "xds.tls.serverName"),
+        (
+            "metrics-addr",
+            "not used: the Service and ServiceMonitor scrape the admin port's /metrics",
+        ),
     ]
     .into_iter()
     .collect();
@@ -1613,4 +1626,54 @@ fn render_istio_defaults_meet_the_charts_service_and_gateway_policy() {
         .is_none(),
         "--no-service still prints the Service"
     );
+}
+
+/// `xds.url` replaces the limits ConfigMap with the xDS source (docs/envoy-gateway.md): the
+/// flags the binary takes, and the TLS Secret mounted where they point.
+#[test]
+fn xds_values_render_the_xds_source_and_its_tls_files() {
+    let docs = parse_docs(&render_yaml(&sets(&[
+        "xds.url=envoy-gateway:18001",
+        "xds.tls.secretName=xds-certs",
+        "xds.nodeMetadata[0]=zone=a",
+        "settings.configXdsNodeId=envoy-ratelimit",
+        "settings.forceStartWithoutInitialConfig=true",
+    ])));
+    let c = rls_container(&docs);
+    let args = args_of(c);
+    assert_eq!(flag(&args, "config"), None, "{args:?}");
+    assert_eq!(flag(&args, "config-xds"), Some("envoy-gateway:18001"));
+    assert_eq!(flag(&args, "config-xds-node-id"), Some("envoy-ratelimit"));
+    assert_eq!(flag(&args, "config-xds-node-metadata"), Some("zone=a"));
+    assert!(args.contains(&"--force-start-without-initial-config".to_owned()));
+    let dir = "/etc/ironclad-rls/xds-tls";
+    for (name, file) in [
+        ("config-xds-tls-ca", "ca.crt"),
+        ("config-xds-tls-cert", "tls.crt"),
+        ("config-xds-tls-key", "tls.key"),
+    ] {
+        assert_eq!(flag(&args, name), Some(format!("{dir}/{file}").as_str()));
+    }
+    let mount = c["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "xds-tls"))
+        .expect("the xds-tls mount");
+    assert_eq!(mount["mountPath"], dir);
+    let deployment = get(&docs, "Deployment", &fullname());
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "xds-tls"))
+        .expect("the xds-tls volume");
+    assert_eq!(volume["secret"]["secretName"], "xds-certs");
+
+    // Without xds.url, forcing a start is not passed (it needs the xDS source).
+    let args = args_of(rls_container(&parse_docs(&render_yaml(&sets(&[
+        "settings.forceStartWithoutInitialConfig=true",
+    ])))))
+    .clone();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--force-start")),
+        "{args:?}"
+    );
+    assert_eq!(flag(&args, "config"), Some("/etc/ironclad-rls/limits"));
 }

@@ -2,7 +2,9 @@
 //!
 //! 1. [`bind`]: load the configuration and install it as generation 1 (the same door every
 //!    reload uses, `install.rs`), build the counter store, the limiter and the metrics, set
-//!    up reload and TLS, and bind the listeners. It returns a [`Bound`] service whose
+//!    up reload (or, with `--config-xds`, the xDS source as a critical task: its first
+//!    response is generation 1) and TLS, and bind the listeners (and the metrics listener of
+//!    `--metrics-addr`). It returns a [`Bound`] service whose
 //!    addresses are known (port 0 in tests) and which serves nothing yet.
 //! 2. [`Bound::run`]: serve gRPC and admin HTTP, and wait for the shutdown future **or** any
 //!    critical task ending: a server that dies at run time ends the process with an error
@@ -43,6 +45,7 @@ use crate::service::Decider;
 use crate::settings::ServeArgs;
 use crate::tls::{ReloadingTls, TlsFiles};
 use crate::watch;
+use crate::xds::{XdsClient, XdsOptions};
 
 /// Runs the service until `shutdown` resolves, then drains: [`bind`], then [`Bound::run`].
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -106,8 +109,16 @@ impl Bound {
 pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
     // rustls needs one process-wide crypto provider; `Err` means one is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Every error at once, with file:line; warnings are logged when it is installed.
-    let loaded = config::load_paths(&args.config)?;
+    // The xDS source's flags are checked (and its TLS files read) before anything else.
+    let xds = XdsOptions::from_args(&args)?;
+    // Every error at once, with file:line; warnings are logged when it is installed. From
+    // xDS nothing is loaded here: the first response is, unless the service is to start
+    // (and be ready) without limits until it arrives.
+    let loaded = match &xds {
+        None => Some(config::load_paths(&args.config)?),
+        Some(_) if args.force_start_without_initial_config => Some(config::load_sources(&[])?),
+        Some(_) => None,
+    };
     let metrics = Arc::new(Metrics::new(
         args.near_limit_ratio,
         args.soft_consumer_labels,
@@ -129,26 +140,47 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
         },
     ));
     let installer = Arc::new(Installer::new(limiter.clone(), metrics.clone()));
-    installer.install(loaded);
+    if let Some(loaded) = loaded {
+        installer.install(loaded);
+    }
 
     let mut watches = Vec::new();
-    let reloader = Arc::new(Reloader::new(
-        args.config.clone(),
-        installer,
-        metrics.clone(),
-    ));
-    let on_change = {
-        let r = reloader.clone();
-        move || {
-            r.reload(false);
+    let mut critical: Vec<(&'static str, CriticalTask)> = Vec::new();
+    match xds {
+        Some(options) => {
+            tracing::info!(server = %options.uri(), "configuration from xDS");
+            let client = XdsClient::new(options, installer, metrics.clone());
+            critical.push((
+                "xDS configuration source",
+                Box::pin(async move {
+                    client.run().await;
+                    Ok(())
+                }),
+            ));
+            tokio::spawn(reload::ignore_sighup());
         }
-    };
-    // Without a watcher SIGHUP still reloads.
-    match watch::watch("configuration", &args.config, on_change) {
-        Ok(w) => watches.push(w),
-        Err(e) => tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP"),
+        None => {
+            let reloader = Arc::new(Reloader::new(
+                args.config.clone(),
+                installer,
+                metrics.clone(),
+            ));
+            let on_change = {
+                let r = reloader.clone();
+                move || {
+                    r.reload(false);
+                }
+            };
+            // Without a watcher SIGHUP still reloads.
+            match watch::watch("configuration", &args.config, on_change) {
+                Ok(w) => watches.push(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP")
+                }
+            }
+            tokio::spawn(reload::on_sighup(reloader));
+        }
     }
-    tokio::spawn(reload::on_sighup(reloader));
 
     let tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(ReloadingTls::load(TlsFiles {
@@ -222,6 +254,24 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
     );
     let grpc_listener = budgeted(grpc_listener, "grpc", grpc_budget);
     let admin_listener = budgeted(admin_listener, "admin", admin_budget);
+    if let Some(addr) = args.metrics_addr {
+        // Its own listener (the reference's PROMETHEUS_ADDR), sharing the admin budget's
+        // size but not its connections, so a scraper and the probes never starve each other.
+        let listener = bind_listener(addr, "metrics")?;
+        let metrics_addr = listener.local_addr()?;
+        let listener = budgeted(listener, "metrics", admin_budget);
+        let router = crate::admin::metrics_router(state.clone(), &args.metrics_path);
+        tracing::info!(%metrics_addr, path = %args.metrics_path, "metrics listening");
+        critical.push((
+            "metrics server",
+            Box::pin(async move {
+                // Never sent: the task is stopped by being aborted after the drain, and
+                // the sender is kept so that the server does not read its drop as a stop.
+                let (_keep, stop) = tokio::sync::watch::channel(false);
+                serve::admin(router, listener, stop).await
+            }),
+        ));
+    }
     Ok(Bound {
         args,
         grpc_listener,
@@ -232,7 +282,7 @@ pub async fn bind(args: ServeArgs) -> anyhow::Result<Bound> {
         health,
         tls,
         _watches: watches,
-        critical: Vec::new(),
+        critical,
     })
 }
 
