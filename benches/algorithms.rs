@@ -46,6 +46,7 @@ fn ops(algorithm: Algorithm) -> Vec<CounterOp> {
             hits: 1,
             negative: false,
             enforce: true,
+            quota: false,
         })
         .collect()
 }
@@ -141,6 +142,7 @@ fn redis(c: &mut Criterion) {
             ca_pem: None,
             timeout: Duration::from_secs(2),
             key_prefix: "rls".into(),
+            ..RedisOptions::defaults()
         })
         .expect("store")
     });

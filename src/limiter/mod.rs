@@ -217,6 +217,7 @@ impl RateLimiter {
                     hits,
                     negative: d.is_negative_hits,
                     enforce: !rule.shadow,
+                    quota: false,
                 });
                 owners.push((i, rule, hits));
             }
