@@ -9,6 +9,11 @@
 //! (`check_and_count.lua`), with its own deadline on the server's clock: one that the call
 //! reaches too late changes nothing and is answered as expired, the others run.
 //!
+//! The connections and workers run on a thread of their own by default (a current-thread
+//! runtime): a reply is read and handed out without waiting behind the request tasks of the
+//! main runtime. Measured with compare.sh on the shared 2-core machine, side by side: about
+//! 14 000 req/s with it against 10 000-11 000 without.
+//!
 //! A request's local deadline and its server deadline start at the same instant, when it
 //! joins the queue: time spent queued counts against both, so a request answered as timed
 //! out has also expired on the server. A full queue (Redis far slower than the traffic) is
@@ -72,27 +77,70 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Starts `per_connection` workers on each connection. Workers end when the queue is
-    /// dropped. Must be called inside a Tokio runtime.
+    /// Starts `per_connection` workers on each connection `connect` opens, on a thread of
+    /// their own when `own_thread` (else on the current runtime). Workers end when the queue
+    /// is dropped. Must be called inside a Tokio runtime.
     pub fn start(
-        connections: Vec<ConnectionManager>,
+        connect: impl FnOnce() -> Result<Vec<ConnectionManager>, ::redis::RedisError> + Send + 'static,
         per_connection: usize,
+        own_thread: bool,
         shared: Arc<Shared>,
-    ) -> Queue {
+    ) -> Result<Queue, ::redis::RedisError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let rx = Arc::new(Mutex::new(rx));
-        for conn in connections {
-            for _ in 0..per_connection.max(1) {
-                tokio::spawn(worker(rx.clone(), conn.clone(), shared.clone()));
+        let spawn_all = {
+            let shared = shared.clone();
+            move |connections: Vec<ConnectionManager>| {
+                let mut handles = Vec::new();
+                for conn in connections {
+                    for _ in 0..per_connection.max(1) {
+                        handles.push(tokio::spawn(worker(
+                            rx.clone(),
+                            conn.clone(),
+                            shared.clone(),
+                        )));
+                    }
+                }
+                handles
             }
+        };
+        if own_thread {
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(::redis::RedisError::from)?;
+            std::thread::Builder::new()
+                .name("redis-io".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        match connect() {
+                            Ok(c) => {
+                                let _ = ready_tx.send(Ok(()));
+                                for h in spawn_all(c) {
+                                    let _ = h.await;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                            }
+                        }
+                    });
+                })
+                .map_err(::redis::RedisError::from)?;
+            ready_rx.recv().map_err(|_| {
+                ::redis::RedisError::from(std::io::Error::other("the Redis I/O thread stopped"))
+            })??;
+        } else {
+            spawn_all(connect()?);
         }
-        Queue {
+        Ok(Queue {
             tx,
             shared,
             started: Instant::now(),
             refused: AtomicU64::new(0),
             logged_ms: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Queues one request and waits for its reply, at most the timeout from now (the instant
@@ -113,10 +161,11 @@ impl Queue {
             Ok(Err(_)) => Err(StoreError::Unavailable(
                 "the Redis connection workers stopped".into(),
             )),
-            Err(_) => {
-                self.shared.breaker.failure("a Redis call timed out");
-                Err(StoreError::Timeout)
-            }
+            // Not a breaker failure by itself: the worker reports its call's failure once
+            // (a call that timed out, or whose requests had all expired), so a burst of late
+            // replies (one slow call carries many requests) counts as one failure, not as
+            // many, and does not open the circuit on its own.
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 

@@ -70,6 +70,10 @@ pub struct RedisOptions {
     pub connections: usize,
     /// Single node: coalesced calls in flight on each connection (at least 1).
     pub calls_per_connection: usize,
+    /// Single node: run the connections and their workers on a thread of their own (a
+    /// current-thread runtime), so replies from Redis are read and handed out without
+    /// waiting behind the request tasks of the main runtime (docs/counter-store.md §11).
+    pub own_thread: bool,
 }
 
 impl RedisOptions {
@@ -84,6 +88,7 @@ impl RedisOptions {
             key_prefix: "rls".into(),
             connections: DEFAULT_CONNECTIONS,
             calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
+            own_thread: true,
         }
     }
 }
@@ -169,22 +174,28 @@ impl RedisStore {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(200));
-                let connections = (0..options.connections.max(1))
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
+                let n = options.connections.max(1);
+                let connect = move || {
+                    (0..n)
+                        .map(|_| {
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
                 let shared = Arc::new(batch::Shared {
                     timeout: options.timeout,
                     breaker: breaker.clone(),
                     clock: server_clock.clone(),
                 });
-                Connection::Single(Queue::start(
-                    connections,
-                    options.calls_per_connection,
-                    shared,
-                ))
+                Connection::Single(
+                    Queue::start(
+                        connect,
+                        options.calls_per_connection,
+                        options.own_thread,
+                        shared,
+                    )
+                    .map_err(bad)?,
+                )
             }
             RedisTarget::Cluster(nodes) => {
                 let nodes: Vec<String> = nodes.iter().map(|n| url::with_scheme(n)).collect();
