@@ -142,6 +142,7 @@ fn redis(c: &mut Criterion) {
             ca_pem: None,
             timeout: Duration::from_secs(2),
             key_prefix: "rls".into(),
+            ..RedisOptions::defaults()
         })
         .expect("store")
     });

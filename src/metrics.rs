@@ -149,7 +149,7 @@ impl Metrics {
         ] {
             requests.with_label_values(&[code.label()]);
         }
-        for kind in ["timeout", "unavailable", "capacity"] {
+        for kind in ["timeout", "unavailable", "capacity", "queue_full"] {
             backend_errors.with_label_values(&[kind]);
         }
         let request_duration = histogram(

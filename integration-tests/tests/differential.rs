@@ -55,6 +55,9 @@ struct Op {
     hits: u64,
     negative: bool,
     enforce: bool,
+    /// Quota mode: counts even when the request is blocked; blocks only with every other
+    /// enforcing quota op of the request.
+    quota: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -143,12 +146,14 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             hits(),
             prop::bool::weighted(0.15),
             prop::bool::weighted(0.8),
+            prop::bool::weighted(0.2),
         )
-            .prop_map(|(counter, hits, negative, enforce)| Op {
+            .prop_map(|(counter, hits, negative, enforce, quota)| Op {
                 counter,
                 hits,
                 negative,
                 enforce,
+                quota,
             });
         let step = (
             prop_oneof![9 => Just(0u64), 1 => 1u64..700],
@@ -180,7 +185,7 @@ fn ops(namespace: &str, scenario: &Scenario, step: &Step) -> Vec<CounterOp> {
                 hits: op.hits,
                 negative: op.negative,
                 enforce: op.enforce,
-                quota: false,
+                quota: op.quota,
             }
         })
         .collect()
@@ -226,6 +231,7 @@ fn known_cases() -> Vec<Scenario> {
         hits,
         negative,
         enforce,
+        quota: false,
     };
     let step = |gap_ms, ops| Step {
         gap_ms,
@@ -267,6 +273,7 @@ fn the_memory_and_redis_stores_answer_every_batch_alike() {
             ca_pem: None,
             timeout: Duration::from_secs(5),
             key_prefix: "diff".into(),
+            ..RedisOptions::defaults()
         })
         .expect("Redis store");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

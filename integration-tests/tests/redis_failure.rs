@@ -343,6 +343,64 @@ async fn calls_answered_while_a_cluster_node_stalls_are_never_counted_afterwards
     drop(dir);
 }
 
+/// Many callers at once while Redis sleeps: their requests queue and go out coalesced, in
+/// calls that sit in the sleeping Redis past every request's deadline. Each was answered as
+/// failed (deny) within the deadline; when Redis wakes and runs those calls, every request
+/// inside them has expired on the server's clock and none counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_expired_inside_a_coalesced_call_never_count() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let (_dir, rls) = start(&redis.url(), &["--on-backend-error", "deny"]);
+    let mut c = rls.client().await;
+    until_ok(&mut c, Duration::from_secs(10)).await;
+    rls.wait_ready(Duration::from_secs(5));
+    log_every_command(&redis);
+
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "3"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    integration_tests::eventually(Duration::from_secs(5), "Redis asleep", || {
+        unresponsive(port).then_some(())
+    });
+    let mut callers = Vec::new();
+    for i in 0..64 {
+        let mut c = rls.client().await;
+        callers.push(tokio::spawn(async move {
+            timed(&mut c, req(&format!("stalled-{i}"))).await
+        }));
+    }
+    for (i, caller) in callers.into_iter().enumerate() {
+        let (out, took) = caller.await.unwrap();
+        assert_eq!(
+            out,
+            Ok(Code::OverLimit as i32),
+            "caller {i} during the stall"
+        );
+        assert!(
+            took < Duration::from_millis(TIMEOUT_MS + HANG_MS),
+            "caller {i} hung for {took:?}"
+        );
+    }
+    assert_eq!(sleeper.join().unwrap().trim(), "OK", "DEBUG SLEEP ran");
+    until_ok(&mut c, Duration::from_secs(10)).await;
+    let log = redis.cli(&["SLOWLOG", "GET", "10000"]);
+    assert!(
+        log.contains(":c:stalled-"),
+        "a call carrying requests answered during the stall reached Redis and ran: {log}"
+    );
+    let keys = redis.cli(&["--scan", "--pattern", "*stalled*"]);
+    assert_eq!(
+        keys.trim(),
+        "",
+        "a request answered during the stall was counted"
+    );
+}
+
 #[tokio::test]
 async fn readiness_runs_the_script_and_fails_while_redis_refuses_writes() {
     let redis = RedisServer::start();
@@ -371,17 +429,18 @@ async fn readiness_runs_the_script_and_fails_while_redis_refuses_writes() {
 #[tokio::test]
 async fn readiness_fails_for_a_user_that_may_not_run_scripts() {
     let redis = RedisServer::start();
+    // A single node runs check-and-count as a Redis Function (FCALL).
     redis.cli(&[
-        "ACL", "SETUSER", "rls", "on", ">secret", "~*", "+@all", "-evalsha",
+        "ACL", "SETUSER", "rls", "on", ">secret", "~*", "+@all", "-fcall",
     ]);
     let url = format!("redis://rls:secret@127.0.0.1:{}", redis.port);
     let (_dir, rls) = start_with_timeout(&url, 2_000, &[]);
     let body = integration_tests::eventually(Duration::from_secs(10), "/readyz 503", || {
         let (status, body) = rls.admin_get("/readyz");
-        (status == 503 && body.contains("permissions to run the 'evalsha' command")).then_some(body)
+        (status == 503 && body.contains("permissions to run the 'fcall' command")).then_some(body)
     });
     println!("{}", body.trim());
-    redis.cli(&["ACL", "SETUSER", "rls", "+evalsha"]);
+    redis.cli(&["ACL", "SETUSER", "rls", "+fcall"]);
     rls.wait_ready(Duration::from_secs(10));
 }
 

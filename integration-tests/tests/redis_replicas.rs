@@ -85,3 +85,111 @@ async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
         cluster.keys()
     );
 }
+
+const MIXED_LIMITS: &str = "kcse_rate_limits:
+  endpoints:
+    - name: tight
+      shortname: tight
+      overall_limit: 100
+      unit: hour
+      uri_prefixes:
+        - {prefix: /, value: 100000, anon_value: 100000}
+    - name: side
+      shortname: side
+      overall_limit: 1000000
+      unit: hour
+      uri_prefixes:
+        - {prefix: /, value: 100000, anon_value: 100000}
+    - name: wide
+      shortname: wide
+      overall_limit: 1000000
+      unit: hour
+      uri_prefixes:
+        - {prefix: /, value: 100000, anon_value: 100000}
+";
+
+/// The overall count of endpoint `ep` in Redis (its current hour).
+fn overall(redis: &RedisServer, ep: &str) -> u64 {
+    let keys = redis.cli(&[
+        "--scan",
+        "--pattern",
+        &format!("rls:{{kcse:{ep}}}:o:3600000:*"),
+    ]);
+    let keys: Vec<&str> = keys.split_whitespace().collect();
+    assert_eq!(keys.len(), 1, "one overall counter for {ep}: {keys:?}");
+    redis
+        .cli(&["GET", keys[0]])
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// 256 requests in flight over 3 replicas (which coalesce what reaches each of them at
+/// once into shared calls): requests on a tight counter, each with a second counter that
+/// only admitted requests may count, mixed with requests on a counter of their own that
+/// are all admitted. Each is decided alone inside a shared call: exactly the limit of the
+/// tight one is admitted, a rejected request never counts its other counter, and a
+/// rejected request next to an admitted one changes nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_requests_on_three_replicas_are_each_decided_alone() {
+    let redis = RedisServer::start();
+    let (_dir, file) = temp_file("limits.yaml", MIXED_LIMITS);
+    let replicas = start_replicas("--redis-url", &redis.url(), file.to_str().unwrap());
+    wait_for_fresh_window(3600, Duration::from_secs(30));
+    let mut tasks = Vec::new();
+    for i in 0..256 {
+        // Several connections per replica: one client each.
+        let mut client = replicas[i % replicas.len()].client().await;
+        tasks.push(tokio::spawn(async move {
+            let (mut tight, mut wide, mut err) = (0_u64, 0_u64, 0_u64);
+            for j in 0..4 {
+                let consumer = format!("c{}", (i * 4 + j) % 41);
+                let c = consumer.as_str();
+                let on = |ep| [("endpoint", ep), ("path", "/x"), ("consumer", c)];
+                let r = if i % 2 == 0 {
+                    request("kcse", &[&on("tight"), &on("side")])
+                } else {
+                    request("kcse", &[&on("wide")])
+                };
+                match client.should_rate_limit(r).await {
+                    Ok(resp) if resp.get_ref().overall_code == Code::Ok as i32 => {
+                        if i % 2 == 0 {
+                            tight += 1;
+                        } else {
+                            wide += 1;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => err += 1,
+                }
+            }
+            (tight, wide, err)
+        }));
+    }
+    let (mut tight, mut wide, mut err) = (0, 0, 0);
+    for t in tasks {
+        let (a, b, c) = t.await.unwrap();
+        (tight, wide, err) = (tight + a, wide + b, err + c);
+    }
+    println!("coalesced mix: tight admitted {tight}, wide admitted {wide}, errors {err}");
+    assert_eq!(err, 0);
+    assert_eq!(tight, 100, "exactly the tight limit is admitted");
+    assert_eq!(
+        wide, 512,
+        "a rejected neighbour never rejects an admitted request"
+    );
+    assert_eq!(overall(&redis, "tight"), 100);
+    assert_eq!(
+        overall(&redis, "side"),
+        100,
+        "a rejected request counted its other counter"
+    );
+    assert_eq!(overall(&redis, "wide"), 512);
+    // They did share calls: fewer calls than requests reached Redis.
+    let calls = redis.command_calls("fcall");
+    println!("1024 requests in {calls} FCALLs");
+    assert!(
+        calls < 1024,
+        "{calls} calls for 1024 requests: nothing was coalesced"
+    );
+}

@@ -19,6 +19,7 @@ fn options(target: RedisTarget) -> RedisOptions {
         // Generous: these tests check behaviour, not latency, on a busy 2-core machine.
         timeout: Duration::from_secs(2),
         key_prefix: "rls".into(),
+        ..RedisOptions::defaults()
     }
 }
 

@@ -339,6 +339,7 @@ fn build_store(
         ca_pem,
         timeout: args.redis_timeout,
         key_prefix: args.redis_key_prefix.clone(),
+        ..RedisOptions::defaults()
     })?;
     let described = store.described().to_owned();
     Ok((store, Some(described)))

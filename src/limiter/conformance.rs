@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::store::{CounterOp, CounterStore};
+use super::store::{CounterOp, CounterStore, MAX_EXACT};
 use crate::config::Algorithm;
 use crate::descriptor::{CounterKey, CounterScope};
 
@@ -34,6 +34,8 @@ pub async fn run_all(store: Arc<dyn CounterStore>, namespace: &str) {
     shadow_counters_never_block(&*store, namespace).await;
     ops_sharing_a_key_add_up(&*store, namespace).await;
     concurrent_callers_get_exactly_the_limit(store.clone(), namespace).await;
+    quota_ops_count_always_and_block_only_together(&*store, namespace).await;
+    concurrent_requests_are_decided_each_on_its_own(store.clone(), namespace).await;
     for algorithm in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
         strict_algorithm_admits_exactly_the_limit(&*store, namespace, algorithm).await;
         strict_algorithm_checks_and_gives_back(&*store, namespace, algorithm).await;
@@ -432,6 +434,7 @@ async fn shadow_counters_never_block(store: &dyn CounterStore, ns: &str) {
         let name = format!("shadow-{a}");
         let shadow = CounterOp {
             enforce: false,
+            quota: false,
             ..algo_op(ns, &name, a, YEAR, 2, 1_000)
         };
         let out = apply(store, std::slice::from_ref(&shadow), false).await;
@@ -440,6 +443,7 @@ async fn shadow_counters_never_block(store: &dyn CounterStore, ns: &str) {
         let check = CounterOp {
             hits: 0,
             enforce: true,
+            quota: false,
             ..shadow
         };
         let out = apply(store, &[check], false).await;
@@ -477,6 +481,167 @@ async fn concurrent_callers_get_exactly_the_limit(store: Arc<dyn CounterStore>, 
     assert_eq!(
         out.states[0].before, 250,
         "rejected requests consumed nothing"
+    );
+}
+
+/// A quota-mode op (docs/envoy-compat.md "Quota mode").
+fn quota_op(ns: &str, name: &str, limit: u64, hits: u64) -> CounterOp {
+    CounterOp {
+        quota: true,
+        ..op(ns, name, limit, hits)
+    }
+}
+
+/// The count a fixed-window counter holds now (a check-only read).
+async fn count(store: &dyn CounterStore, ns: &str, name: &str) -> u64 {
+    apply(store, &[op(ns, name, u64::MAX >> 12, 0)], false)
+        .await
+        .states[0]
+        .before
+}
+
+async fn quota_ops_count_always_and_block_only_together(store: &dyn CounterStore, ns: &str) {
+    // A quota op within its limit and a normal one: both counted.
+    let out = apply(
+        store,
+        &[quota_op(ns, "q1", 2, 2), op(ns, "r1", 10, 1)],
+        false,
+    )
+    .await;
+    assert!(out.committed && !out.states[0].over);
+    // The only quota op goes over: the request is blocked, the normal op is not counted, the
+    // quota op is counted past its limit.
+    let out = apply(
+        store,
+        &[quota_op(ns, "q1", 2, 5), op(ns, "r1", 10, 1)],
+        false,
+    )
+    .await;
+    assert!(!out.committed, "every quota op over blocks the request");
+    assert!(out.states[0].over);
+    assert_eq!((out.states[0].before, out.states[0].after), (2, 7));
+    assert_eq!(out.states[1].after, out.states[1].before);
+    assert_eq!(
+        count(store, ns, "q1").await,
+        7,
+        "a quota op counts even when over"
+    );
+    assert_eq!(
+        count(store, ns, "r1").await,
+        1,
+        "a blocked request's other ops count nothing"
+    );
+    // One quota op over, another not: not blocked, everything counted.
+    let out = apply(
+        store,
+        &[
+            quota_op(ns, "q1", 2, 1),
+            quota_op(ns, "q2", 10, 1),
+            op(ns, "r1", 10, 1),
+        ],
+        false,
+    )
+    .await;
+    assert!(out.committed, "a quota op over does not block by itself");
+    assert!(out.states[0].over && !out.states[1].over);
+    assert_eq!(count(store, ns, "q1").await, 8);
+    assert_eq!(count(store, ns, "r1").await, 2);
+    // A normal op over blocks; the quota op still counts.
+    let out = apply(
+        store,
+        &[quota_op(ns, "q2", 10, 3), op(ns, "r0", 0, 1)],
+        false,
+    )
+    .await;
+    assert!(!out.committed);
+    assert_eq!(count(store, ns, "q2").await, 4);
+    // A shadow-mode quota op never blocks, and counts.
+    let shadow = CounterOp {
+        enforce: false,
+        ..quota_op(ns, "q1", 2, 1)
+    };
+    let out = apply(store, &[shadow, op(ns, "r1", 10, 1)], false).await;
+    assert!(
+        out.committed,
+        "a shadow quota op is not among those that block together"
+    );
+    assert_eq!(count(store, ns, "q1").await, 9);
+    // A shadow quota op passed, as in the reference: with it, an enforcing quota op over its
+    // limit is not "every quota op over", so the request goes through and counts.
+    let shadow = CounterOp {
+        enforce: false,
+        ..quota_op(ns, "q1", 2, 1)
+    };
+    let out = apply(
+        store,
+        &[shadow, quota_op(ns, "q1b", 1, 2), op(ns, "r1", 10, 1)],
+        false,
+    )
+    .await;
+    assert!(out.committed, "a shadow quota op counts as one that passed");
+    assert!(out.states[1].over);
+    assert_eq!(count(store, ns, "r1").await, 4);
+    assert_eq!(count(store, ns, "q1").await, 10);
+    // A dry run counts nothing, quota ops included.
+    let out = apply(
+        store,
+        &[quota_op(ns, "q2", 10, 1), op(ns, "r1", 10, 1)],
+        true,
+    )
+    .await;
+    assert!(!out.committed);
+    assert_eq!(count(store, ns, "q2").await, 4);
+    assert_eq!(count(store, ns, "r1").await, 4);
+    // Capped where doubles stay exact, as shadow counts are.
+    let out = apply(store, &[quota_op(ns, "q3", 1, MAX_EXACT)], false).await;
+    assert!(out.states[0].over);
+    apply(store, &[quota_op(ns, "q3", 1, MAX_EXACT)], false).await;
+    assert_eq!(count(store, ns, "q3").await, MAX_EXACT);
+}
+
+/// Many concurrent requests (which the Redis store coalesces into shared calls): a request
+/// that is rejected never affects another one decided in the same call, and requests on one
+/// counter see each other's hits.
+async fn concurrent_requests_are_decided_each_on_its_own(store: Arc<dyn CounterStore>, ns: &str) {
+    let tasks: Vec<_> = (0..96_u64)
+        .map(|i| {
+            let store = store.clone();
+            let ns = ns.to_owned();
+            tokio::spawn(async move {
+                // Every third request asks for a counter whose limit is 0: it is rejected,
+                // and the shared counter must not count it.
+                let ops = if i % 3 == 0 {
+                    vec![op(&ns, "mix-shared", 1_000, 1), op(&ns, "mix-zero", 0, 1)]
+                } else {
+                    vec![
+                        op(&ns, "mix-shared", 1_000, 1),
+                        op(&ns, &format!("mix-own-{i}"), 1, 1),
+                        op(&ns, "mix-tight", 20, 1),
+                    ]
+                };
+                let out = apply(&*store, &ops, false).await;
+                (i, out.committed)
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        let (i, committed) = t.await.expect("caller panicked");
+        if i % 3 == 0 {
+            assert!(!committed, "request {i} asks for a zero limit");
+        } else if committed {
+            admitted += 1;
+            assert_eq!(count(&*store, ns, &format!("mix-own-{i}")).await, 1);
+        } else {
+            assert_eq!(count(&*store, ns, &format!("mix-own-{i}")).await, 0);
+        }
+    }
+    assert_eq!(admitted, 20, "the tight counter admits exactly its limit");
+    assert_eq!(count(&*store, ns, "mix-tight").await, 20);
+    assert_eq!(
+        count(&*store, ns, "mix-shared").await,
+        20,
+        "only admitted requests count on the shared counter"
     );
 }
 

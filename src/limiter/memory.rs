@@ -143,10 +143,10 @@ impl MemoryStore {
         let mut sims: HashMap<Slot, Sim> = HashMap::new();
         let mut slots = Vec::with_capacity(ops.len());
         let mut states = Vec::with_capacity(ops.len());
-        let mut blocked = dry_run;
-        // Quota mode (docs/envoy-compat.md §4): a quota op never blocks by itself; the batch is
-        // blocked when all of them are over (a shadow one never is).
-        let (mut quota_ops, mut quota_over) = (0usize, 0usize);
+        // Blocked by an enforcing non-quota op over its limit, or by every quota op being
+        // over (a shadow one never is: it passed) (docs/envoy-compat.md §4).
+        let mut over_rule = false;
+        let (mut quotas, mut quotas_over) = (0_usize, 0_usize);
         for op in ops {
             let slot = Slot::of(op);
             let sim = match sims.get(&slot) {
@@ -159,60 +159,69 @@ impl MemoryStore {
             };
             let (s, next) = state.decide(&slot, op, sim, now);
             if op.quota {
-                quota_ops += 1;
-                quota_over += usize::from(s.over && op.enforce);
-            } else {
-                blocked |= s.over && op.enforce;
+                quotas += 1;
+                quotas_over += usize::from(s.over && op.enforce);
+            } else if op.enforce {
+                over_rule |= s.over;
             }
             sims.insert(slot.clone(), next);
             states.push(s);
             slots.push(slot);
         }
+        let blocked = dry_run || over_rule || (quotas > 0 && quotas_over == quotas);
 
-        blocked |= quota_ops > 0 && quota_ops == quota_over;
-
-        // All or nothing, except that quota ops are counted even in a blocked batch (not in
-        // a dry run): they are the record of a cost already spent.
+        // All or nothing, but a blocked batch still counts its quota ops (not a dry run):
+        // they are decided again, alone and in order, from the counters as loaded.
         if blocked {
             let mut quota_sims: HashMap<Slot, Sim> = HashMap::new();
             for ((s, slot), op) in states.iter_mut().zip(&slots).zip(ops) {
                 if op.quota && !dry_run {
                     let sim = quota_sims.get(slot).copied().unwrap_or(loaded[slot]);
-                    let (counted, next) = state.decide(slot, op, sim, now);
+                    let (decided, next) = state.decide(slot, op, sim, now);
                     quota_sims.insert(slot.clone(), next);
-                    *s = counted;
-                    continue;
+                    *s = decided;
+                } else {
+                    let (stored, _) = state.decide(slot, &check_only(op), loaded[slot], now);
+                    *s = blocked_report(*s, stored);
                 }
-                let (stored, _) = state.decide(slot, &check_only(op), loaded[slot], now);
-                *s = blocked_report(*s, stored);
             }
-            for (slot, sim) in quota_sims {
-                state.commit(slot, sim, now);
-            }
+            self.commit_all(&mut state, quota_sims, now)?;
         } else {
-            // A counter the store does not hold yet needs room; a full store refuses the
-            // request rather than evict a live counter.
-            let new = sims
-                .iter()
-                .filter(|(slot, sim)| sim.holds_state() && !state.holds(slot))
-                .count();
-            if new > 0 && state.len() + new > self.max_counters {
-                return Err(StoreError::Capacity(format!(
-                    "the request needs {new} new counter(s); the memory store holds {} of at \
-                     most {} (--memory-max-counters)",
-                    state.len(),
-                    self.max_counters
-                )));
-            }
-            for (slot, sim) in sims {
-                state.commit(slot, sim, now);
-            }
+            self.commit_all(&mut state, sims, now)?;
         }
         Ok(BatchOutcome {
             now_ms: now,
             committed: !blocked,
             states,
         })
+    }
+}
+
+impl MemoryStore {
+    /// Writes `sims` back. A counter the store does not hold yet needs room; a full store
+    /// refuses the request rather than evict a live counter.
+    fn commit_all(
+        &self,
+        state: &mut State,
+        sims: HashMap<Slot, Sim>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let new = sims
+            .iter()
+            .filter(|(slot, sim)| sim.holds_state() && !state.holds(slot))
+            .count();
+        if new > 0 && state.len() + new > self.max_counters {
+            return Err(StoreError::Capacity(format!(
+                "the request needs {new} new counter(s); the memory store holds {} of at \
+                 most {} (--memory-max-counters)",
+                state.len(),
+                self.max_counters
+            )));
+        }
+        for (slot, sim) in sims {
+            state.commit(slot, sim, now);
+        }
+        Ok(())
     }
 }
 
@@ -837,6 +846,7 @@ mod tests {
         // A shadow op past the limit logs one hit past it, in the same entry.
         let shadow = CounterOp {
             enforce: false,
+            quota: false,
             ..log_op(max, max)
         };
         let out = store.apply_now(&[shadow], false).unwrap();

@@ -439,12 +439,15 @@ impl RateLimiter {
         owners: &[(usize, &CounterRule, u64)],
     ) -> Option<Decision> {
         let full = self.full.as_ref()?;
+        // A quota-mode counter must count every hit, even in a request that is denied: a
+        // request with one always goes to the store (docs/envoy-compat.md §4).
+        if ops.iter().any(|op| op.quota && op.hits > 0) {
+            return None;
+        }
         let now = self.clock.now_ms();
         let counters: Vec<CounterOutcome> = ops
             .iter()
             .zip(owners)
-            // A quota-mode counter must count every hit: the store always sees it.
-            .filter(|(op, _)| !op.quota)
             .filter_map(|(op, &(descriptor, rule, hits))| {
                 let reset_ms = full.full_for(op, now)?;
                 let count = op.limit;

@@ -57,8 +57,15 @@ impl OverLimitCache {
     }
 
     /// If `op` would take hits from a counter known to be full, the ms until its window ends.
+    /// Never for a quota op: it counts its hits even when full, so only the store answers it
+    /// (docs/envoy-compat.md "Quota mode").
     pub fn full_for(&self, op: &CounterOp, now_ms: u64) -> Option<u64> {
-        if op.algorithm != Algorithm::FixedWindow || !op.enforce || op.negative || op.hits == 0 {
+        if op.algorithm != Algorithm::FixedWindow
+            || !op.enforce
+            || op.quota
+            || op.negative
+            || op.hits == 0
+        {
             return None;
         }
         self.lock()
@@ -152,9 +159,19 @@ mod tests {
         );
         let shadow = CounterOp {
             enforce: false,
+            quota: false,
             ..op(5)
         };
         assert_eq!(c.full_for(&shadow, 1_200), None);
+        let quota = CounterOp {
+            quota: true,
+            ..op(5)
+        };
+        assert_eq!(
+            c.full_for(&quota, 1_200),
+            None,
+            "a quota op counts even when full: only the store answers it"
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub struct CounterOp {
     /// When false (shadow mode) this counter being over limit does not stop the others
     /// from being counted.
     pub enforce: bool,
-    /// quota mode (docs/envoy-compat.md): counted on every hit, never blocks by itself
+    /// Quota mode (docs/envoy-compat.md §4): this counter being over limit does not block
+    /// the request by itself; the request is blocked only if an enforcing non-quota op is
+    /// over, or if every quota op of it is over (a shadow quota op never is: it passed). A
+    /// quota op counts its hits whether or not the request is blocked (past its limit too,
+    /// stopping at [`MAX_EXACT`] as a shadow count does), except on a dry run.
     pub quota: bool,
 }
 
@@ -85,8 +89,8 @@ pub struct CounterState {
 pub struct BatchOutcome {
     /// The store's clock when it decided (the Redis store uses the server's clock).
     pub now_ms: u64,
-    /// True when every counter was incremented (no enforcing counter was over and the
-    /// batch was not a dry run).
+    /// True when every counter was incremented (the batch was not blocked and not a dry
+    /// run). A blocked batch still counts its quota ops: their states show it.
     pub committed: bool,
     /// One state per op, in op order.
     pub states: Vec<CounterState>,
@@ -106,6 +110,10 @@ pub enum StoreError {
     /// needed a new one; no counter is evicted to make room.
     #[error("counter store full: {0}")]
     Capacity(String),
+    /// The queue of requests waiting for a Redis connection is full (docs/counter-store.md,
+    /// "Coalescing"): refused at once, without waiting, and counted.
+    #[error("counter store overloaded: {0}")]
+    QueueFull(String),
 }
 
 impl StoreError {
@@ -115,6 +123,7 @@ impl StoreError {
             StoreError::Timeout => "timeout",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Capacity(_) => "capacity",
+            StoreError::QueueFull(_) => "queue_full",
         }
     }
 }
@@ -122,10 +131,12 @@ impl StoreError {
 /// Where counters live. Implementations must make [`CounterStore::apply`] atomic with
 /// respect to every other call, on every replica sharing the store.
 pub trait CounterStore: Send + Sync + std::fmt::Debug {
-    /// Checks every op; if no enforcing op is over its limit and `dry_run` is false,
-    /// increments (or, for negative ops, decrements) every counter, creating it with its
-    /// expiry; otherwise changes nothing. Ops sharing a key and window are applied in order
-    /// within the batch.
+    /// Checks every op; if the batch is not blocked (no enforcing non-quota op is over its
+    /// limit, and not every enforcing quota op is over) and `dry_run` is false, increments
+    /// (or, for negative ops, decrements) every counter, creating it with its expiry;
+    /// otherwise changes nothing, except that a blocked batch still counts its quota ops
+    /// (not on a dry run). Ops sharing a key and window are applied in order within the
+    /// batch.
     fn apply<'a>(&'a self, ops: &'a [CounterOp], dry_run: bool) -> StoreFuture<'a, BatchOutcome>;
 
     /// Answers when the store is usable (readiness).

@@ -1,6 +1,10 @@
--- check_and_count: checks every counter of a request, then counts all of them or none
--- (docs/limits-format.md §4, docs/algorithms.md). One call is one atomic step on the Redis
--- server. (common.lua comes first: clock, helpers, state formats.)
+-- check_and_count: decides a batch of requests, one after the other in arrival order; each
+-- request checks every counter of its own, then counts all of them or none
+-- (docs/limits-format.md §4, docs/algorithms.md), exactly as if it had been sent alone: a
+-- request sees the hits of the requests before it in the batch, and one request being
+-- refused never changes another's answer (docs/counter-store.md §11, coalescing). One call
+-- is one atomic step on the Redis server. (common.lua comes first: clock, helpers, state
+-- formats.)
 --
 -- Same shape and names as the memory store (src/limiter/memory.rs), the reference; the
 -- conformance suite and the differential test hold both to the same answers. Per
@@ -9,21 +13,28 @@
 --   decide(c, sim)  one counter against a sim: its state and the sim after it (the sim
 --                   given is left as it was)
 --   commit(sim)     writes a sim back
--- Every counter is decided in order (counters may share state, and see each other's hits);
--- then every sim is committed, or none when an enforcing counter is over (or on a dry run).
--- A blocked batch reports each counter as stored: the same decide with 0 hits on the sim
--- as loaded.
+-- Every counter of a request is decided in order (counters may share state, and see each
+-- other's hits); then every sim is committed, or none when the request is blocked (or on a
+-- dry run): blocked when an enforcing non-quota counter is over, or when the request has
+-- quota counters and every one of them is over (a shadow one never is: it passed;
+-- docs/envoy-compat.md §4). A blocked request still counts its quota counters (not on a dry run), decided
+-- again alone from the state as loaded. A blocked request reports each other counter as
+-- stored: the same decide with 0 hits on the sim as loaded.
 --
--- KEYS[i]  counter i's key, without algorithm and window (all KEYS of one call share a
---          hash tag); for a probe, KEYS[1] is the probe key and there are no counters
--- ARGV[1]  mode: "0" count, "1" dry run (count nothing), "2" readiness probe: a dry run
---          that also proves this server runs what requests need (the script, and a write:
---          SET XX on a key that never exists, a no-op that a server refusing writes, at
---          maxmemory with noeviction or by ACL, refuses as it would refuse a count)
--- ARGV[2]  deadline, ms of this server's clock ("0": none). A call that starts after it sat
---          too long in a stalled server's input buffer: the service has answered it as
---          failed already, so it changes nothing and says so (docs/counter-store.md §10)
--- then 7 fields per counter (decode() is the one place that reads them):
+-- The call is check_and_count(keys, args): run by a Redis Function (FCALL, single node) or
+-- by a script that ends with `return check_and_count(KEYS, ARGV)` (EVALSHA, Redis Cluster);
+-- see src/redis/script.rs. Its args are one record per request, each:
+--   mode       "0" count, "1" dry run (count nothing), "2" readiness probe: a dry run
+--              that also proves this server runs what requests need (the code, and a
+--              write: SET XX on a key that never exists, a no-op that a server refusing
+--              writes, at maxmemory with noeviction or by ACL, refuses as it would refuse a
+--              count)
+--   deadline   ms of this server's clock ("0": none). A request that the call reaches
+--              after it (it sat too long in a stalled server's input buffer): the service
+--              has answered it as failed already, so it changes nothing and says so
+--              (docs/counter-store.md §10); the others of the batch run
+--   n          its number of counters
+-- then 8 fields per counter (decode() is the one place that reads them):
 --   algorithm   "f" fixed window, "s" sliding window, "b" token bucket
 --   window      length in ms
 --   limit       hits per window (a bucket: tokens refilled per window)
@@ -31,33 +42,40 @@
 --   negative    "1": give hits back (is_negative_hits)
 --   enforce     "1", or "0" (shadow mode: over limit does not block the others)
 --   capacity    a bucket's capacity in tokens (ignored otherwise)
+--   quota       "1": quota mode (see above)
+-- Its keys, in the same order: a probe's probe key (a key that never exists), each
+-- counter's key without algorithm and window (all keys of one call share a hash tag on a
+-- Redis Cluster).
 --
--- Returns (reply() is the one place that writes it) {now_ms, status, then per counter:
--- before, after, over (0/1), reset_ms, remaining}; status 1: committed, 0: not (a counter
--- was over, or a dry run), 2: past the deadline, nothing read or written, no counters.
+-- Returns (reply() is the one place that writes it) {now_ms, then per request: status,
+-- then, unless it is 2, per counter: before, after, over (0/1), reset_ms, remaining};
+-- status 1: committed, 0: not (blocked, or a dry run), 2: past its deadline, nothing read
+-- or written, no counters.
 
-local HEADER, FIELDS = 2, 7
+local HEADER, FIELDS = 3, 8
 
-local function decode()
+-- The n counters of a request whose fields start after args[a] and keys after keys[k].
+local function decode(keys, k, args, a, n)
   local counters = {}
-  for i = 1, (#ARGV - HEADER) / FIELDS do
-    local a = HEADER + (i - 1) * FIELDS
+  for i = 1, n do
+    local b = a + (i - 1) * FIELDS
     counters[i] = {
-      key = KEYS[i],
-      algorithm = ARGV[a + 1],
-      win = tonumber(ARGV[a + 2]),
-      limit = tonumber(ARGV[a + 3]),
-      hits = tonumber(ARGV[a + 4]),
-      negative = ARGV[a + 5] == '1',
-      enforce = ARGV[a + 6] == '1',
-      capacity = tonumber(ARGV[a + 7]),
+      key = keys[k + i],
+      algorithm = args[b + 1],
+      win = tonumber(args[b + 2]),
+      limit = tonumber(args[b + 3]),
+      hits = tonumber(args[b + 4]),
+      negative = args[b + 5] == '1',
+      enforce = args[b + 6] == '1',
+      capacity = tonumber(args[b + 7]),
+      quota = args[b + 8] == '1',
     }
   end
-  return ARGV[1], tonumber(ARGV[2]), counters
+  return counters
 end
 
-local function reply(status, states)
-  local out = {now, status}
+local function reply(out, status, states)
+  out[#out + 1] = status
   for _, s in ipairs(states) do
     out[#out + 1] = s.before
     out[#out + 1] = s.after
@@ -65,7 +83,6 @@ local function reply(status, states)
     out[#out + 1] = s.reset
     out[#out + 1] = s.remaining
   end
-  return out
 end
 
 -- A copy of `c` with 0 hits: how the blocked report reads a counter.
@@ -335,46 +352,177 @@ function bucket.commit(sim)
   end
 end
 
--- The batch ---------------------------------------------------------------------------
+-- A request ---------------------------------------------------------------------------
 
 local ALGORITHMS = {f = fixed, s = sliding, b = bucket}
 
-local mode, deadline, counters = decode()
-if deadline > 0 and now >= deadline then
-  return reply(2, {})
-end
-if mode == '2' then
-  redis.call('SET', KEYS[1], '', 'XX')
-end
--- Per state key: the sim as loaded, the sim after the ops so far, its algorithm; `order`
--- lists the keys by first use, so commits run in a stable order.
-local loaded, sims, kinds, order, states = {}, {}, {}, {}, {}
-local blocked = mode ~= '0'
-for i, c in ipairs(counters) do
-  local algorithm = ALGORITHMS[c.algorithm]
-  local slot = algorithm.slot(c)
-  c.slot = slot
-  if not sims[slot] then
-    loaded[slot] = algorithm.load(c, slot)
-    sims[slot] = loaded[slot]
-    kinds[slot] = algorithm
-    order[#order + 1] = slot
-  end
-  local state
-  state, sims[slot] = algorithm.decide(c, sims[slot])
-  states[i] = state
-  if state.over and c.enforce then blocked = true end
-end
-
-if blocked then
+-- One request, on the state the requests before it left: its status and states.
+local function run(mode, counters)
+  -- Per state key: the sim as loaded, the sim after the ops so far, its algorithm; `order`
+  -- lists the keys by first use, so commits run in a stable order.
+  local loaded, sims, kinds, order, states = {}, {}, {}, {}, {}
+  local over_rule, quotas, quotas_over = false, 0, 0
   for i, c in ipairs(counters) do
-    local stored = ALGORITHMS[c.algorithm].decide(check_only(c), loaded[c.slot])
-    states[i] = blocked_report(states[i], stored)
+    local algorithm = ALGORITHMS[c.algorithm]
+    local slot = algorithm.slot(c)
+    c.slot = slot
+    if not sims[slot] then
+      loaded[slot] = algorithm.load(c, slot)
+      sims[slot] = loaded[slot]
+      kinds[slot] = algorithm
+      order[#order + 1] = slot
+    end
+    local state
+    state, sims[slot] = algorithm.decide(c, sims[slot])
+    states[i] = state
+    if c.quota then
+      quotas = quotas + 1
+      if c.enforce and state.over then quotas_over = quotas_over + 1 end
+    elseif c.enforce and state.over then
+      over_rule = true
+    end
   end
-  return reply(0, states)
+  local dry = mode ~= '0'
+  local blocked = dry or over_rule or (quotas > 0 and quotas_over == quotas)
+
+  if blocked then
+    -- Quota counters count anyway (not on a dry run), decided again alone, in order.
+    local quota_sims, quota_order = {}, {}
+    for i, c in ipairs(counters) do
+      local algorithm = ALGORITHMS[c.algorithm]
+      if c.quota and not dry then
+        local slot = c.slot
+        if not quota_sims[slot] then
+          quota_sims[slot] = loaded[slot]
+          quota_order[#quota_order + 1] = slot
+        end
+        states[i], quota_sims[slot] = algorithm.decide(c, quota_sims[slot])
+      else
+        local stored = algorithm.decide(check_only(c), loaded[c.slot])
+        states[i] = blocked_report(states[i], stored)
+      end
+    end
+    for _, slot in ipairs(quota_order) do
+      kinds[slot].commit(quota_sims[slot])
+    end
+    return 0, states
+  end
+
+  for _, slot in ipairs(order) do
+    kinds[slot].commit(sims[slot])
+  end
+  return 1, states
 end
 
-for _, slot in ipairs(order) do
-  kinds[slot].commit(sims[slot])
+-- The same for a request of fixed windows only (the common case), without the general
+-- path's tables per counter (each costs Redis time, measured in docs/counter-store.md):
+-- a fixed window's sim is its count, so the steps above are inlined on plain arrays. Its
+-- answers are the general path's, to the letter (the differential test holds both to the
+-- memory store's). Writes status and states to `out`.
+local function run_fixed(out, mode, keys, k, args, a, n)
+  local names, before, after, over, limits = {}, {}, {}, {}, {}
+  local resets, stored, count = {}, {}, {}
+  local over_rule, quotas, quotas_over = false, 0, 0
+  for i = 1, n do
+    local b = a + (i - 1) * FIELDS
+    local win = tonumber(args[b + 2])
+    local limit, hits = tonumber(args[b + 3]), tonumber(args[b + 4])
+    -- fixed.name, with the window as sent (its decimal digits).
+    local name = keys[k + i] .. ':' .. args[b + 2] .. ':' .. fmt(now - (now % win))
+    local c = count[name]
+    if c == nil then
+      c = tonumber(redis.call('GET', name) or '0')
+      stored[name] = c
+    end
+    local negative = args[b + 5] == '1'
+    local o = (not negative) and (limit == 0 or c + hits > limit)
+    local af
+    if negative then af = math.max(c - hits, 0) else af = math.min(c + hits, MAX_EXACT) end
+    count[name] = af
+    names[i], before[i], after[i], over[i], limits[i] = name, c, af, o, limit
+    resets[name] = win - (now % win)
+    if args[b + 8] == '1' then
+      quotas = quotas + 1
+      if o and args[b + 6] == '1' then quotas_over = quotas_over + 1 end
+    elseif o and args[b + 6] == '1' then
+      over_rule = true
+    end
+  end
+  local dry = mode ~= '0'
+  local blocked = dry or over_rule or (quotas > 0 and quotas_over == quotas)
+  if blocked then
+    -- Quota counters count anyway (not on a dry run), decided again alone, in order; the
+    -- others report the count as stored.
+    local qcount = {}
+    for i = 1, n do
+      local b = a + (i - 1) * FIELDS
+      local name = names[i]
+      if args[b + 8] == '1' and not dry then
+        local c = qcount[name] or stored[name]
+        local hits = tonumber(args[b + 4])
+        local af
+        if args[b + 5] == '1' then
+          over[i] = false
+          af = math.max(c - hits, 0)
+        else
+          over[i] = limits[i] == 0 or c + hits > limits[i]
+          af = math.min(c + hits, MAX_EXACT)
+        end
+        qcount[name] = af
+        before[i], after[i] = c, af
+      else
+        before[i], after[i] = stored[name], stored[name]
+      end
+    end
+    count = qcount
+  end
+  local done = {}
+  for i = 1, n do
+    local name = names[i]
+    local c = count[name]
+    if not done[name] and c ~= nil and c ~= stored[name] then
+      done[name] = true
+      fixed.commit({name = name, stored = stored[name], count = c, reset = resets[name]})
+    end
+  end
+  if blocked then out[#out + 1] = 0 else out[#out + 1] = 1 end
+  for i = 1, n do
+    out[#out + 1] = before[i]
+    out[#out + 1] = after[i]
+    out[#out + 1] = over[i] and 1 or 0
+    out[#out + 1] = resets[names[i]]
+    out[#out + 1] = math.max(0, limits[i] - after[i])
+  end
 end
-return reply(1, states)
+
+-- The call: every request in order, each on its own.
+local function check_and_count(keys, args)
+  clock()
+  local out, a, k, nargs = {now}, 0, 0, #args
+  while a < nargs do
+    local mode, deadline, n = args[a + 1], tonumber(args[a + 2]), tonumber(args[a + 3])
+    a = a + HEADER
+    local probe
+    if mode == '2' then
+      k = k + 1
+      probe = keys[k]
+    end
+    if deadline > 0 and now >= deadline then
+      out[#out + 1] = 2
+    else
+      if probe then redis.call('SET', probe, '', 'XX') end
+      local all_fixed = true
+      for i = 1, n do
+        if args[a + (i - 1) * FIELDS + 1] ~= 'f' then all_fixed = false end
+      end
+      if all_fixed then
+        run_fixed(out, mode, keys, k, args, a, n)
+      else
+        reply(out, run(mode, decode(keys, k, args, a, n)))
+      end
+    end
+    a = a + n * FIELDS
+    k = k + n
+  end
+  return out
+end

@@ -37,8 +37,18 @@ impl RedisStore {
             return self.run_script(&all, Mode::of(dry_run)).await;
         }
         let groups: Vec<Vec<usize>> = groups.into_values().collect();
+        // Quota ops block together, across slots (docs/envoy-compat.md "Quota mode"): each
+        // slot counts them without letting them block (enforce off, quota on: counted even
+        // when the slot's request is blocked), and the request decides here.
+        let sent: Vec<CounterOp> = ops
+            .iter()
+            .map(|op| CounterOp {
+                enforce: op.enforce && !op.quota,
+                ..op.clone()
+            })
+            .collect();
         let results = join_all(groups.iter().map(|idx| {
-            let group: Vec<&CounterOp> = idx.iter().map(|&i| &ops[i]).collect();
+            let group: Vec<&CounterOp> = idx.iter().map(|&i| &sent[i]).collect();
             async move { self.run_script(&group, Mode::of(dry_run)).await }
         }))
         .await;
@@ -59,12 +69,22 @@ impl RedisStore {
                 Err(e) => failure = Some(e.clone()),
             }
         }
-        if failure.is_some() || !all_committed {
+        let quotas: Vec<bool> = ops
+            .iter()
+            .zip(&states)
+            .filter(|(op, _)| op.quota)
+            .map(|(op, s)| op.enforce && s.is_some_and(|s| s.over))
+            .collect();
+        let quota_blocked = !quotas.is_empty() && quotas.iter().all(|&over| over);
+        if failure.is_some() || !all_committed || quota_blocked {
             self.give_back(&groups, &results, ops).await;
-            for s in states.iter_mut().flatten() {
-                // As if nothing had been counted: what is left before this request.
-                s.remaining = (s.remaining + s.after).saturating_sub(s.before);
-                s.after = s.before;
+            for (s, op) in states.iter_mut().zip(ops) {
+                // Quota ops stay counted; the others as if nothing had been counted: what is
+                // left before this request.
+                if let Some(s) = s.as_mut().filter(|_| !op.quota) {
+                    s.remaining = (s.remaining + s.after).saturating_sub(s.before);
+                    s.after = s.before;
+                }
             }
         }
         if let Some(e) = failure {
@@ -72,7 +92,7 @@ impl RedisStore {
         }
         Ok(BatchOutcome {
             now_ms,
-            committed: all_committed,
+            committed: all_committed && !quota_blocked,
             states: states.into_iter().map(Option::unwrap_or_default).collect(),
         })
     }
@@ -94,18 +114,20 @@ impl RedisStore {
             if !out.committed {
                 continue;
             }
+            // Quota ops stay counted: they count whether or not the request is blocked.
             let taken: Vec<&CounterOp> = idx
                 .iter()
                 .map(|&i| &ops[i])
-                .filter(|op| !op.negative)
+                .filter(|op| !op.negative && !op.quota)
                 .collect();
             let retaken: Vec<CounterOp> = idx
                 .iter()
                 .map(|&i| &ops[i])
-                .filter(|op| op.negative)
+                .filter(|op| op.negative && !op.quota)
                 .map(|op| CounterOp {
                     negative: false,
                     enforce: false,
+                    quota: false,
                     ..op.clone()
                 })
                 .collect();
@@ -116,7 +138,8 @@ impl RedisStore {
             if !retaken.is_empty() {
                 let retaken: Vec<&CounterOp> = retaken.iter().collect();
                 // No deadline: an undo is right whenever it runs.
-                let inv = script::invocation(&self.key_prefix, &retaken, Mode::Count, None);
+                let encoded = script::encode(&self.key_prefix, &retaken, Mode::Count, None);
+                let inv = script::invocation(&encoded);
                 self.undo(inv).await;
             }
         }

@@ -1,6 +1,7 @@
 -- Shared by check_and_count.lua and give_back.lua (each script is this file followed by
--- its own text: see src/redis/script.rs): the server's clock, integer helpers, and where
--- and how each algorithm keeps its state.
+-- its own text: see src/redis/script.rs; on a single node the library of Redis Functions is
+-- this file and check_and_count.lua, loaded once): the server's clock, integer helpers, and
+-- where and how each algorithm keeps its state.
 --
 -- Time is this server's clock (TIME), so replicas with skewed clocks agree. State, each
 -- written in the step that creates it with an expiry (PX), so nothing lives forever:
@@ -36,8 +37,13 @@
 -- only differences within one log (at most limit + 1 hits, far below) are read, so they
 -- stay exact however long a busy log lives.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The server's clock, read once per call by clock(): a library of functions runs this
+-- file once, when it is loaded (where TIME may not be called), and its functions many times.
+local now = 0
+local function clock()
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local MAX_EXACT = 9007199254740991 -- 2^53 - 1
 
 local function fmt(n)

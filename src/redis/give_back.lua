@@ -92,6 +92,7 @@ end
 
 local ALGORITHMS = {f = fixed, s = sliding, b = bucket}
 
+clock()
 local taken, counters = decode()
 for _, c in ipairs(counters) do
   ALGORITHMS[c.algorithm].give_back(c, taken)

@@ -7,10 +7,13 @@
 //! script, not PING). Implements [`CounterStore`] and passes the same conformance suite as
 //! the memory store, and the differential test against it.
 //!
-//! Single node: one script call per request, whatever the number of counters (one round
-//! trip). Redis Cluster: one script per hash tag, concurrently, and a give-back where a
-//! request rejected on one slot was counted on another (`cluster.rs`).
+//! Single node: one call of a Redis Function per request, whatever the number of counters
+//! (one round trip), and concurrent requests coalesced into one call (`batch.rs`: each
+//! request still decided and counted alone, in arrival order). Redis Cluster: one script
+//! call (EVALSHA) per request and hash tag, concurrently, and a give-back where a request
+//! rejected on one slot was counted on another (`cluster.rs`); not coalesced.
 
+mod batch;
 mod breaker;
 mod cluster;
 mod deadline;
@@ -28,9 +31,16 @@ use ::redis::{Client, IntoConnectionInfo, TlsCertificates};
 use arc_swap::ArcSwapOption;
 
 use crate::limiter::{BatchOutcome, CounterOp, CounterStore, StoreError, StoreFuture};
+use batch::{Queue, Source};
 use breaker::Breaker;
 use deadline::ServerClock;
 use script::{Mode, Reply};
+
+/// Connections to a single node, by default (`connections` of [`RedisOptions`]).
+pub const DEFAULT_CONNECTIONS: usize = 1;
+
+/// Calls in flight per connection, by default (`calls_per_connection`).
+pub const DEFAULT_CALLS_PER_CONNECTION: usize = 2;
 
 /// How often an open circuit probes Redis.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -59,6 +69,31 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Prefix of every key.
     pub key_prefix: String,
+    /// Single node: multiplexed connections to open (at least 1).
+    pub connections: usize,
+    /// Single node: coalesced calls in flight on each connection (at least 1).
+    pub calls_per_connection: usize,
+    /// Single node: run the connections and their workers on a thread of their own (a
+    /// current-thread runtime), so replies from Redis are read and handed out without
+    /// waiting behind the request tasks of the main runtime (docs/counter-store.md §11).
+    pub own_thread: bool,
+}
+
+impl RedisOptions {
+    /// Options for a local Redis (`redis://127.0.0.1:6379`) with the service's defaults, to
+    /// be completed with struct update syntax.
+    pub fn defaults() -> Self {
+        RedisOptions {
+            target: RedisTarget::Single("redis://127.0.0.1:6379".into()),
+            password: None,
+            ca_pem: None,
+            timeout: Duration::from_millis(15),
+            key_prefix: "rls".into(),
+            connections: DEFAULT_CONNECTIONS,
+            calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
+            own_thread: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -87,57 +122,21 @@ pub fn describe(target: &RedisTarget) -> String {
     }
 }
 
-#[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    /// A single node: the coalescing queue in front of its connections.
+    Single(Queue),
     Cluster(Arc<ArcSwapOption<ClusterConnection>>),
-    Sentinel(Arc<sentinel::Follower>),
-}
-
-/// One connection handle of either kind, so calls are written once.
-enum Live {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ::redis::aio::ConnectionLike for Live {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a ::redis::Cmd,
-    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
-        match self {
-            Live::Single(c) => c.req_packed_command(cmd),
-            Live::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a ::redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
-        match self {
-            Live::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Live::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Live::Single(c) => c.get_db(),
-            Live::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 /// The Redis [`CounterStore`].
 pub struct RedisStore {
     connection: Connection,
+    /// `redis`, `redis-cluster` or `redis-sentinel`, for `/config` and metrics.
+    kind: &'static str,
     timeout: Duration,
     key_prefix: String,
     breaker: Arc<Breaker>,
-    server_clock: ServerClock,
+    server_clock: Arc<ServerClock>,
     described: String,
 }
 
@@ -164,6 +163,8 @@ impl RedisStore {
             client_tls: None,
             root_cert: options.ca_pem.clone(),
         };
+        let breaker = Arc::new(Breaker::default());
+        let server_clock = Arc::new(ServerClock::new(options.timeout));
         let connection = match &options.target {
             RedisTarget::Single(u) => {
                 let mut info = url::with_scheme(u).into_connection_info().map_err(bad)?;
@@ -182,8 +183,55 @@ impl RedisStore {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(200));
+                let n = options.connections.max(1);
+                let connect = move || {
+                    (0..n)
+                        .map(|_| {
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map(Source::Fixed)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                let shared = Arc::new(batch::Shared {
+                    timeout: options.timeout,
+                    breaker: breaker.clone(),
+                    clock: server_clock.clone(),
+                });
                 Connection::Single(
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?,
+                    Queue::start(
+                        connect,
+                        options.calls_per_connection,
+                        options.own_thread,
+                        shared,
+                    )
+                    .map_err(bad)?,
+                )
+            }
+            RedisTarget::Sentinel(target) => {
+                // The same coalescing queue as a single node; each call takes the master the
+                // sentinels name at that moment.
+                let follower = sentinel::Follower::start(sentinel::SentinelOptions {
+                    target: target.clone(),
+                    password: options.password.clone(),
+                    ca_pem: options.ca_pem.clone(),
+                    timeout: options.timeout,
+                })
+                .map_err(|e| RedisConfigError(format!("{described}: {e}")))?;
+                let shared = Arc::new(batch::Shared {
+                    timeout: options.timeout,
+                    breaker: breaker.clone(),
+                    clock: server_clock.clone(),
+                });
+                let n = options.connections.max(1);
+                let connect = move || Ok(vec![Source::Sentinel(follower); n]);
+                Connection::Single(
+                    Queue::start(
+                        connect,
+                        options.calls_per_connection,
+                        options.own_thread,
+                        shared,
+                    )
+                    .map_err(bad)?,
                 )
             }
             RedisTarget::Cluster(nodes) => {
@@ -203,40 +251,33 @@ impl RedisStore {
                 tokio::spawn(cluster::connect(client, slot.clone(), described.clone()));
                 Connection::Cluster(slot)
             }
-            RedisTarget::Sentinel(target) => Connection::Sentinel(
-                sentinel::Follower::start(sentinel::SentinelOptions {
-                    target: target.clone(),
-                    password: options.password.clone(),
-                    ca_pem: options.ca_pem.clone(),
-                    timeout: options.timeout,
-                })
-                .map_err(|e| RedisConfigError(format!("{described}: {e}")))?,
-            ),
+        };
+        let kind = match options.target {
+            RedisTarget::Single(_) => "redis",
+            RedisTarget::Cluster(_) => "redis-cluster",
+            RedisTarget::Sentinel(_) => "redis-sentinel",
         };
         let store = Arc::new(RedisStore {
             connection,
+            kind,
             timeout: options.timeout,
             key_prefix: options.key_prefix,
-            breaker: Arc::new(Breaker::default()),
-            server_clock: ServerClock::default(),
+            breaker,
+            server_clock,
             described,
         });
         tokio::spawn(probe(Arc::downgrade(&store)));
         Ok(store)
     }
 
-    /// A handle on the live connection (cheap: both kinds are multiplexed handles).
-    fn live(&self) -> Result<Live, StoreError> {
+    /// A handle on the Redis Cluster connection (cheap: a multiplexed handle).
+    fn live(&self) -> Result<ClusterConnection, StoreError> {
         match &self.connection {
-            Connection::Single(m) => Ok(Live::Single(m.clone())),
-            Connection::Cluster(slot) => slot
-                .load_full()
-                .map(|c| Live::Cluster((*c).clone()))
-                .ok_or_else(|| {
-                    StoreError::Unavailable("not connected to the Redis Cluster yet".into())
-                }),
-            Connection::Sentinel(f) => f.live().map(Live::Single).ok_or_else(|| {
-                StoreError::Unavailable("no master from the Redis Sentinels yet".into())
+            Connection::Single(_) => Err(StoreError::Unavailable(
+                "not a Redis Cluster connection".into(),
+            )),
+            Connection::Cluster(slot) => slot.load_full().map(|c| (*c).clone()).ok_or_else(|| {
+                StoreError::Unavailable("not connected to the Redis Cluster yet".into())
             }),
         }
     }
@@ -270,28 +311,40 @@ impl RedisStore {
         ))
     }
 
-    /// One check-and-count call, carrying its deadline on the server's clock; every reply
-    /// teaches the store that clock's offset (`deadline.rs`).
+    /// One request's check-and-count, carrying its deadline on the server's clock (built
+    /// from the moment it is sent or queued, the moment its local timeout counts from); every
+    /// reply teaches the store that clock's offset (`deadline.rs`). Single node: through the
+    /// coalescing queue. Redis Cluster: one script call.
     async fn run_script(&self, ops: &[&CounterOp], mode: Mode) -> Result<BatchOutcome, StoreError> {
         let deadline = self
             .server_clock
             .deadline(self.server_clock.local_ms(), self.timeout);
-        let inv = script::invocation(&self.key_prefix, ops, mode, deadline);
-        let mut conn = self.live()?;
-        let reply: Vec<i64> = self
-            .guarded(async move { inv.invoke_async(&mut conn).await })
-            .await?;
-        match script::parse_reply(&reply, ops.len()).map_err(StoreError::Unavailable)? {
-            Reply::Ran(out) => {
-                self.server_clock.observe(out.now_ms);
-                Ok(out)
+        let encoded = script::encode(&self.key_prefix, ops, mode, deadline);
+        let reply = match &self.connection {
+            Connection::Single(queue) => queue.submit(encoded).await?,
+            Connection::Cluster(_) => {
+                let inv = script::invocation(&encoded);
+                let mut conn = self.live()?;
+                let values: Vec<i64> = self
+                    .guarded(async move { inv.invoke_async(&mut conn).await })
+                    .await?;
+                let (now_ms, mut replies) = script::parse_reply(&values, [encoded.counters])
+                    .map_err(StoreError::Unavailable)?;
+                self.server_clock.observe(now_ms);
+                replies.pop().ok_or_else(|| {
+                    StoreError::Unavailable("the script's reply holds no request".into())
+                })?
             }
-            Reply::Expired { now_ms } => {
+        };
+        match reply {
+            Reply::Ran(out) => Ok(out),
+            Reply::Expired { .. } => {
                 // It sat in Redis past the moment the service gave up on it: answered as a
                 // timeout, and nothing was counted.
-                self.server_clock.observe(now_ms);
-                self.breaker
-                    .failure("a call reached Redis after its deadline and changed nothing");
+                if matches!(self.connection, Connection::Cluster(_)) {
+                    self.breaker
+                        .failure("a call reached Redis after its deadline and changed nothing");
+                }
                 Err(StoreError::Timeout)
             }
         }
@@ -311,9 +364,11 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
 }
 
 impl RedisStore {
-    /// Readiness runs what requests need, not PING: the check-and-count script (EVALSHA,
-    /// which an ACL may refuse; reloaded on NOSCRIPT) with a write that changes nothing
-    /// (refused when Redis refuses writes, at `maxmemory` with `noeviction`).
+    /// Readiness runs what requests need, not PING: check-and-count (FCALL on a single
+    /// node, through the coalescing queue, loading the library when the server has not got
+    /// it; EVALSHA on a Cluster, reloaded on NOSCRIPT; either may be refused by an ACL) with
+    /// a write that changes nothing (refused when Redis refuses writes, at `maxmemory` with
+    /// `noeviction`).
     async fn ping_now(&self) -> Result<(), StoreError> {
         self.run_script(&[], Mode::Probe).await.map(|_| ())
     }
@@ -326,7 +381,7 @@ impl CounterStore for RedisStore {
                 return Err(self.open_circuit());
             }
             match &self.connection {
-                Connection::Single(_) | Connection::Sentinel(_) => {
+                Connection::Single(_) => {
                     let all: Vec<&CounterOp> = ops.iter().collect();
                     self.run_script(&all, Mode::of(dry_run)).await
                 }
@@ -345,10 +400,6 @@ impl CounterStore for RedisStore {
     }
 
     fn kind(&self) -> &'static str {
-        match self.connection {
-            Connection::Single(_) => "redis",
-            Connection::Cluster(_) => "redis-cluster",
-            Connection::Sentinel(_) => "redis-sentinel",
-        }
+        self.kind
     }
 }
