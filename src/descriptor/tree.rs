@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::explain::Step;
 use super::key::CounterKey;
 use super::wildcard;
-use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, Unmatched};
+use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, RuleCache, Unmatched};
 use crate::config::{Counting, DescriptorConfig, DescriptorDomain, RateLimitConfig, Unit};
 
 /// The compiled descriptors of one domain.
@@ -51,6 +51,7 @@ enum Limit {
         name: Arc<str>,
         configured_name: Option<Arc<str>>,
         replaces: Arc<[Arc<str>]>,
+        cache: RuleCache,
     },
 }
 
@@ -137,6 +138,7 @@ impl DescriptorTree {
                 detail: None,
                 configured_name: None,
                 replaces: Arc::from([]),
+                cache: RuleCache::none(),
             });
         }
         let Some(node) = node else {
@@ -150,6 +152,7 @@ impl DescriptorTree {
                 name,
                 configured_name,
                 replaces,
+                cache,
             }) => Resolved::counted(CounterRule {
                 key: key(),
                 limit: *requests_per_unit,
@@ -162,6 +165,7 @@ impl DescriptorTree {
                 detail: node.detailed_metric.then(path),
                 configured_name: configured_name.clone(),
                 replaces: replaces.clone(),
+                cache: cache.clone(),
             }),
             Some(Limit::Unlimited) | None => Resolved::unmatched(Unmatched::NoRule),
         }
@@ -243,6 +247,7 @@ fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
                     name: name.clone().unwrap_or_else(|| path.clone()).into(),
                     configured_name: name.as_deref().map(Arc::from),
                     replaces: replaces.iter().map(|r| Arc::from(r.as_str())).collect(),
+                    cache: RuleCache::new(),
                 },
             }),
             shadow: d.shadow_mode,
