@@ -62,19 +62,19 @@ impl RequestCode {
 /// The `outcome` of `ratelimit_hits_total`, in the order of [`RuleHits`]' handles.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
-    WithinLimit,
-    NearLimit,
-    OverLimit,
-    ShadowOverLimit,
+    Within,
+    Near,
+    Over,
+    ShadowOver,
 }
 
 impl Outcome {
     fn label(self) -> &'static str {
         match self {
-            Outcome::WithinLimit => "within_limit",
-            Outcome::NearLimit => "near_limit",
-            Outcome::OverLimit => "over_limit",
-            Outcome::ShadowOverLimit => "shadow_over_limit",
+            Outcome::Within => "within_limit",
+            Outcome::Near => "near_limit",
+            Outcome::Over => "over_limit",
+            Outcome::ShadowOver => "shadow_over_limit",
         }
     }
 }
@@ -397,16 +397,16 @@ impl Metrics {
                 let shadowed = c.rule.shadow || global_shadow;
                 hits(
                     if shadowed {
-                        Outcome::ShadowOverLimit
+                        Outcome::ShadowOver
                     } else {
-                        Outcome::OverLimit
+                        Outcome::Over
                     },
                     c.hits,
                 );
             } else if d.committed && c.state.after > c.state.before {
                 // Admitted and counted (a give-back lowers the count and is not a hit).
-                hits(Outcome::WithinLimit, c.hits);
-                hits(Outcome::NearLimit, self.near_limit_hits(c));
+                hits(Outcome::Within, c.hits);
+                hits(Outcome::Near, self.near_limit_hits(c));
                 self.soft_crossings_of(domain, c);
             }
         }

@@ -377,8 +377,7 @@ impl Costs {
         }
         if let (Some(a), Some(b)) = (self.redis, after.redis) {
             let cpu = (b.cpu_s - a.cpu_s).max(0.0);
-            // The two INFO calls of the second reading count themselves; leave them out.
-            let commands = b.commands.saturating_sub(a.commands).saturating_sub(2);
+            let commands = b.commands.saturating_sub(a.commands);
             out.push_str(&format!(
                 "\nRedis CPU: {:.2} µs per call ({:.2} cores), {:.3} commands per call, {:.2} µs inside commands per call",
                 cpu * 1e6 / calls,
@@ -444,8 +443,9 @@ async fn redis_costs(url: &str) -> Result<RedisCosts, CallError> {
         .map_err(|_| failed(format!("no answer in {FIGURES_TIMEOUT:?}")))?
 }
 
-/// `used_cpu_sys + used_cpu_user`, and the sums of `calls` and `usec` over every
-/// `cmdstat_*` line.
+/// `used_cpu_sys + used_cpu_user`, and the sums of `calls` and `usec` over the `cmdstat_*`
+/// lines, but for the commands this tool sends to read them (`INFO`, and the `CLIENT` and
+/// `HELLO` of its connection's set-up).
 fn parse_redis_info(cpu: &str, stats: &str) -> Option<RedisCosts> {
     let field = |name: &str| -> Option<f64> {
         cpu.lines()
@@ -454,7 +454,15 @@ fn parse_redis_info(cpu: &str, stats: &str) -> Option<RedisCosts> {
     };
     let cpu_s = field("used_cpu_sys")? + field("used_cpu_user")?;
     let (mut commands, mut command_us) = (0u64, 0u64);
-    for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+    let ours = |l: &str| {
+        ["cmdstat_info:", "cmdstat_client", "cmdstat_hello:"]
+            .iter()
+            .any(|p| l.starts_with(p))
+    };
+    for line in stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !ours(l))
+    {
         let Some((_, fields)) = line.split_once(':') else {
             continue;
         };
@@ -534,13 +542,13 @@ mod tests {
     #[test]
     fn redis_info_is_read() {
         let cpu = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n";
-        let stats = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=40,usec_per_call=4.00,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=2,usec=30,usec_per_call=15.00\r\n";
+        let stats = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=40,usec_per_call=4.00,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=2,usec=30,usec_per_call=15.00\r\ncmdstat_client|setinfo:calls=2,usec=3,usec_per_call=1.50\r\n";
         assert_eq!(
             parse_redis_info(cpu, stats),
             Some(RedisCosts {
                 cpu_s: 3.75,
-                commands: 12,
-                command_us: 70
+                commands: 10,
+                command_us: 40
             })
         );
         assert_eq!(parse_redis_info("# CPU\r\n", stats), None);
@@ -560,7 +568,7 @@ mod tests {
             service_cpu_s: Some(1.5),
             redis: Some(RedisCosts {
                 cpu_s: 2.1,
-                commands: 100 + 2 + 10_000,
+                commands: 100 + 10_000,
                 command_us: 40_000,
             }),
         };
