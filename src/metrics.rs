@@ -6,7 +6,8 @@
 //! client ids, after which it reads `_other`.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
@@ -16,7 +17,7 @@ use prometheus::{
 
 pub mod process;
 
-use crate::descriptor::ANONYMOUS;
+use crate::descriptor::{ANONYMOUS, CounterRule};
 use crate::limiter::{
     BatchOutcome, CounterOp, CounterOutcome, CounterStore, Decision, StoreError, StoreFuture,
 };
@@ -40,6 +41,14 @@ pub enum RequestCode {
 }
 
 impl RequestCode {
+    /// Every code, in the order of [`Metrics`]' request handles.
+    const ALL: [RequestCode; 4] = [
+        RequestCode::Ok,
+        RequestCode::OverLimit,
+        RequestCode::Invalid,
+        RequestCode::BackendError,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             RequestCode::Ok => "ok",
@@ -50,12 +59,50 @@ impl RequestCode {
     }
 }
 
+/// The `outcome` of `ratelimit_hits_total`, in the order of [`RuleHits`]' handles.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Within,
+    Near,
+    Over,
+    ShadowOver,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Within => "within_limit",
+            Outcome::Near => "near_limit",
+            Outcome::Over => "over_limit",
+            Outcome::ShadowOver => "shadow_over_limit",
+        }
+    }
+}
+
+/// One rule's `ratelimit_hits_total` series, kept in the compiled rule's cache
+/// ([`crate::descriptor::RuleCache`]) so a request does not look them up by label strings
+/// (a hash of three strings and a lock each time). Each series is registered on its first
+/// hit, as a lookup would, so `/metrics` shows the same series either way. `owner` names the
+/// [`Metrics`] they belong to: a rule set counted by two of them (tests) must not count
+/// into the wrong registry, and `domain` the label they were made for.
+struct RuleHits {
+    owner: u64,
+    domain: Box<str>,
+    by_outcome: [OnceLock<IntCounter>; 4],
+}
+
+/// Source of [`Metrics::id`].
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
+
 /// Every metric of the service.
 pub struct Metrics {
+    /// Tells this instance's cached rule handles from another's.
+    id: u64,
     registry: Registry,
     hits: IntCounterVec,
     soft_crossings: IntCounterVec,
-    requests: IntCounterVec,
+    /// `ratelimit_requests_total` by [`RequestCode::ALL`], resolved once: every request counts into one.
+    requests_by_code: [IntCounter; 4],
     request_duration: Histogram,
     backend_duration: Histogram,
     backend_errors: IntCounterVec,
@@ -141,14 +188,7 @@ impl Metrics {
         for result in ["success", "error"] {
             reloads.with_label_values(&[result]);
         }
-        for code in [
-            RequestCode::Ok,
-            RequestCode::OverLimit,
-            RequestCode::Invalid,
-            RequestCode::BackendError,
-        ] {
-            requests.with_label_values(&[code.label()]);
-        }
+        let requests_by_code = RequestCode::ALL.map(|c| requests.with_label_values(&[c.label()]));
         for kind in ["timeout", "unavailable", "capacity", "queue_full"] {
             backend_errors.with_label_values(&[kind]);
         }
@@ -221,10 +261,11 @@ impl Metrics {
             &["store"],
         )?;
         Ok(Metrics {
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             hits,
             soft_crossings,
-            requests,
+            requests_by_code,
             request_duration,
             backend_duration,
             backend_errors,
@@ -256,7 +297,7 @@ impl Metrics {
 
     /// Counts a request's answer and how long it took.
     pub fn request(&self, code: RequestCode, took: Duration) {
-        self.requests.with_label_values(&[code.label()]).inc();
+        self.requests_by_code[code as usize].inc();
         self.request_duration.observe(took.as_secs_f64());
     }
 
@@ -326,17 +367,29 @@ impl Metrics {
             if c.hits == 0 {
                 continue;
             }
-            let rule: std::borrow::Cow<'_, str> = match &c.rule.detail {
-                Some(detail) => self
-                    .bounded(&self.detailed_rules, detail, OTHER_RULE)
-                    .into(),
-                None => (*c.rule.name).into(),
-            };
-            let hits = |outcome: &str, n: u64| {
-                if n > 0 {
-                    self.hits
-                        .with_label_values(&[domain, &rule, outcome])
-                        .inc_by(n);
+            let cached = self.rule_hits(domain, &c.rule);
+            // A detailed rule's label comes from the request, bounded: looked up each time.
+            let mut detailed = None;
+            let mut hits = |outcome: Outcome, n: u64| {
+                if n == 0 {
+                    return;
+                }
+                match cached {
+                    Some(h) => h.by_outcome[outcome as usize]
+                        .get_or_init(|| {
+                            self.hits
+                                .with_label_values(&[domain, &c.rule.name, outcome.label()])
+                        })
+                        .inc_by(n),
+                    None => {
+                        let rule = detailed.get_or_insert_with(|| match &c.rule.detail {
+                            Some(detail) => self.bounded(&self.detailed_rules, detail, OTHER_RULE),
+                            None => c.rule.name.to_string(),
+                        });
+                        self.hits
+                            .with_label_values(&[domain, rule, outcome.label()])
+                            .inc_by(n);
+                    }
                 }
             };
             if c.state.over {
@@ -344,19 +397,35 @@ impl Metrics {
                 let shadowed = c.rule.shadow || global_shadow;
                 hits(
                     if shadowed {
-                        "shadow_over_limit"
+                        Outcome::ShadowOver
                     } else {
-                        "over_limit"
+                        Outcome::Over
                     },
                     c.hits,
                 );
             } else if d.committed && c.state.after > c.state.before {
                 // Admitted and counted (a give-back lowers the count and is not a hit).
-                hits("within_limit", c.hits);
-                hits("near_limit", self.near_limit_hits(c));
+                hits(Outcome::Within, c.hits);
+                hits(Outcome::Near, self.near_limit_hits(c));
                 self.soft_crossings_of(domain, c);
             }
         }
+    }
+
+    /// The rule's cached `ratelimit_hits_total` handles, made on its first hit; `None` for a
+    /// detailed rule (its label is the request's), a rule made for one request, or a rule
+    /// whose cache another [`Metrics`] filled.
+    fn rule_hits<'r>(&self, domain: &str, rule: &'r CounterRule) -> Option<&'r RuleHits> {
+        if rule.detail.is_some() {
+            return None;
+        }
+        rule.cache
+            .get_or_init(|| RuleHits {
+                owner: self.id,
+                domain: domain.into(),
+                by_outcome: Default::default(),
+            })
+            .filter(|h| h.owner == self.id && *h.domain == *domain)
     }
 
     /// The admitted hits above `near_limit_ratio × limit` (as envoyproxy/ratelimit counts).
@@ -463,6 +532,86 @@ mod tests {
             1,
             "value 0: the first hit crosses 1 (0 is not crossed from 0)"
         );
+    }
+
+    /// Two registries counting one compiled rule set (the rule's cached handles belong to
+    /// the first), and a detailed rule beside a cached one: every hit lands in the series a
+    /// lookup by labels would have chosen, and no series appears before its first hit.
+    #[test]
+    fn cached_rule_handles_count_where_lookups_would() {
+        use std::sync::Arc;
+
+        use crate::config::{Source, load_sources};
+        use crate::descriptor::{Entry, RuleSet};
+        use crate::limiter::{
+            Descriptor, LimiterOptions, ManualClock, MemoryStore, RateLimiter, Request,
+        };
+
+        let text = "domain: d
+descriptors:
+  - key: k
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: x
+    detailed_metric: true
+    rate_limit: { unit: minute, requests_per_unit: 100 }
+";
+        let loaded = load_sources(&[Source {
+            name: "t.yaml".into(),
+            text: text.into(),
+        }])
+        .unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let limiter = RateLimiter::new(
+            Arc::new(RuleSet::compile(&loaded.config)),
+            Arc::new(MemoryStore::new(clock.clone())),
+            clock,
+            LimiterOptions::default(),
+        );
+        let request = |key: &str, value: &str| Request {
+            domain: "d".into(),
+            descriptors: vec![Descriptor {
+                entries: vec![Entry {
+                    key: key.into(),
+                    value: value.into(),
+                }],
+                ..Descriptor::default()
+            }],
+            hits_addend: 0,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let decide = |m: &Metrics, key: &str, value: &str| {
+            let d = rt
+                .block_on(limiter.should_rate_limit(&request(key, value)))
+                .unwrap();
+            m.decision("d", &d, false);
+        };
+        let series = |m: &Metrics, rule: &str, outcome: &str| {
+            let want = format!(
+                "ratelimit_hits_total{{domain=\"d\",outcome=\"{outcome}\",rule=\"{rule}\"}} "
+            );
+            m.render()
+                .lines()
+                .find_map(|l| l.strip_prefix(want.as_str()).map(str::to_owned))
+        };
+        let (a, b) = (
+            Metrics::new(0.8, 10).unwrap(),
+            Metrics::new(0.8, 10).unwrap(),
+        );
+        decide(&a, "k", "v"); // fills the rule's cache for `a`
+        decide(&b, "k", "v"); // over the limit of 1, counted in `b` by lookup
+        decide(&a, "x", "1");
+        decide(&a, "x", "2");
+        assert_eq!(series(&a, "k", "within_limit").as_deref(), Some("1"));
+        assert_eq!(series(&a, "k", "over_limit"), None);
+        assert_eq!(series(&a, "k", "near_limit").as_deref(), Some("1"));
+        assert_eq!(series(&b, "k", "over_limit").as_deref(), Some("1"));
+        assert_eq!(series(&b, "k", "within_limit"), None);
+        assert_eq!(series(&a, "x=1", "within_limit").as_deref(), Some("1"));
+        assert_eq!(series(&a, "x=2", "within_limit").as_deref(), Some("1"));
+        decide(&a, "k", "v");
+        assert_eq!(series(&a, "k", "over_limit").as_deref(), Some("1"));
     }
 
     #[test]

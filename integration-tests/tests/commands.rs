@@ -302,6 +302,9 @@ fn the_one_shot_commands_keep_their_flags_env_vars_and_defaults() {
             ("concurrency", None, some("64")),
             ("connections", None, some("4")),
             ("duration", None, some("10s")),
+            ("rate", None, None),
+            ("admin", None, None),
+            ("redis-url", None, None),
             ("markdown-row", None, None),
         ])
     );

@@ -38,6 +38,14 @@ pub enum CallError {
     /// The service answered the call with an error status.
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),
+    /// `bench` could not read the service's or Redis's CPU figures it was pointed at.
+    #[error("cannot read {what}: {reason}")]
+    Figures {
+        /// What was read (`http://host:port/metrics`, `INFO of redis://...`).
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// A load task panicked or was cancelled (a bug in `bench`).
     #[error("a load task ended early: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -19,8 +19,9 @@ mod rules;
 mod tree;
 mod wildcard;
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use crate::config::normalize_path;
 pub use explain::{Applies, Explanation, Format, Step};
@@ -71,6 +72,46 @@ pub struct CounterRule {
     pub quota: bool,
     /// The rule's `metadata`, returned in the response's dynamic metadata when it passes.
     pub metadata: Option<Arc<Metadata>>,
+    /// What an adapter resolved for this rule once (the metrics' handles), shared by every
+    /// counter the compiled rule yields.
+    pub cache: RuleCache,
+}
+
+/// A place, made once per compiled rule, where an adapter keeps what it derived from the
+/// rule (the metrics keep its `ratelimit_hits_total` handles there, so a request does not
+/// look them up by label strings). Opaque here: this module knows nothing of metrics. Rules
+/// made for one request (a limit override) get [`RuleCache::none`], which keeps nothing.
+#[derive(Clone, Default)]
+pub struct RuleCache(Option<Arc<OnceLock<Box<dyn Any + Send + Sync>>>>);
+
+impl RuleCache {
+    /// An empty place, for a rule of the compiled configuration.
+    pub fn new() -> Self {
+        RuleCache(Some(Arc::new(OnceLock::new())))
+    }
+
+    /// No place: for a rule built for one request, whose cache would serve no other.
+    pub fn none() -> Self {
+        RuleCache(None)
+    }
+
+    /// The value kept here, made by `init` on first use; `None` when this is no place, or
+    /// when it holds a value of another type.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        let slot = self.0.as_deref()?;
+        slot.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for RuleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            None => "none",
+            Some(slot) if slot.get().is_some() => "filled",
+            Some(_) => "empty",
+        };
+        write!(f, "RuleCache({state})")
+    }
 }
 
 /// Where a counter sits, for metrics and logs.

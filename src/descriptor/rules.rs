@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::explain::{Applies, Step};
 use super::key::{CounterKey, CounterScope};
 use super::prefix_set::PrefixSet;
-use super::{CounterLabels, CounterRule, Entry, RejectAll, Resolved, Unmatched};
+use super::{CounterLabels, CounterRule, Entry, RejectAll, Resolved, RuleCache, Unmatched};
 use crate::config::{Counting, Endpoint, OverallLimit, Soft, Unit, normalize_path};
 
 /// Entry key naming the endpoint (its `shortname`).
@@ -28,12 +28,14 @@ pub(super) struct EndpointSet {
 
 #[derive(Debug)]
 struct EndpointRules {
-    domain: String,
     shortname: Arc<str>,
     unit: Unit,
     counting: Counting,
     overall: OverallLimit,
     overall_name: Arc<str>,
+    /// The overall counter's key, built once.
+    overall_key: CounterKey,
+    overall_cache: RuleCache,
     shadow: bool,
     soft: Option<Soft>,
     prefixes: Vec<PrefixRules>,
@@ -43,12 +45,17 @@ struct EndpointRules {
 #[derive(Debug)]
 struct PrefixRules {
     prefix: Arc<str>,
+    /// Keys built once: every anonymous request's, and the start of each consumer's.
+    anon_key: CounterKey,
+    consumer_stem: String,
     unit: Unit,
     counting: Counting,
     value: u32,
     anon_value: Option<u32>,
     client_name: Arc<str>,
     anon_name: Arc<str>,
+    client_cache: RuleCache,
+    anon_cache: RuleCache,
     invokers: HashMap<String, InvokerRule>,
 }
 
@@ -58,6 +65,7 @@ struct InvokerRule {
     counting: Counting,
     value: u32,
     name: Arc<str>,
+    cache: RuleCache,
 }
 
 impl EndpointSet {
@@ -96,7 +104,7 @@ impl EndpointSet {
                 return out;
             }
             OverallLimit::Limit(limit) => out.counters.push(CounterRule {
-                key: CounterKey::new(&ep.domain, &ep.shortname, &CounterScope::Overall),
+                key: ep.overall_key.clone(),
                 limit,
                 unit: ep.unit,
                 counting: ep.counting,
@@ -113,6 +121,7 @@ impl EndpointSet {
                 replaces: Arc::from([]),
                 quota: false,
                 metadata: None,
+                cache: ep.overall_cache.clone(),
             }),
         }
         if let Some(raw_path) = find(ENTRY_PATH) {
@@ -192,7 +201,7 @@ impl EndpointSet {
 
 impl EndpointRules {
     fn counter_for(&self, p: &PrefixRules, consumer: Option<&str>) -> Option<CounterRule> {
-        let (scope, limit, unit, counting, name) = match consumer {
+        let (scope, limit, unit, counting, (name, cache)) = match consumer {
             Some(c) => match p.invokers.get(c) {
                 Some(inv) => (
                     CounterScope::Consumer {
@@ -202,7 +211,7 @@ impl EndpointRules {
                     inv.value,
                     inv.unit,
                     inv.counting,
-                    inv.name.clone(),
+                    (inv.name.clone(), inv.cache.clone()),
                 ),
                 None => (
                     CounterScope::Consumer {
@@ -212,7 +221,7 @@ impl EndpointRules {
                     p.value,
                     p.unit,
                     p.counting,
-                    p.client_name.clone(),
+                    (p.client_name.clone(), p.client_cache.clone()),
                 ),
             },
             None => (
@@ -220,11 +229,16 @@ impl EndpointRules {
                 p.anon_value?,
                 p.unit,
                 p.counting,
-                p.anon_name.clone(),
+                (p.anon_name.clone(), p.anon_cache.clone()),
             ),
         };
         Some(CounterRule {
-            key: CounterKey::new(&self.domain, &self.shortname, &scope),
+            key: match scope {
+                CounterScope::Consumer { consumer, .. } => {
+                    CounterKey::from_stem(&p.consumer_stem, consumer)
+                }
+                _ => p.anon_key.clone(),
+            },
             limit,
             unit,
             counting,
@@ -241,6 +255,7 @@ impl EndpointRules {
             replaces: Arc::from([]),
             quota: false,
             metadata: None,
+            cache,
         })
     }
 }
@@ -252,12 +267,20 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
         .iter()
         .map(|p| PrefixRules {
             prefix: p.prefix.as_str().into(),
+            anon_key: CounterKey::new(
+                domain,
+                short,
+                &CounterScope::Anonymous { prefix: &p.prefix },
+            ),
+            consumer_stem: CounterKey::consumer_stem(domain, short, &p.prefix),
             unit: p.unit,
             counting: p.counting,
             value: p.value,
             anon_value: p.anon_value,
             client_name: format!("{short} {} client", p.prefix).into(),
             anon_name: format!("{short} {} anonymous", p.prefix).into(),
+            client_cache: RuleCache::new(),
+            anon_cache: RuleCache::new(),
             invokers: p
                 .invokers
                 .iter()
@@ -267,6 +290,7 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
                         counting: i.counting,
                         value: i.value,
                         name: format!("{short} {} invoker {}", p.prefix, i.client).into(),
+                        cache: RuleCache::new(),
                     };
                     (i.client.clone(), rule)
                 })
@@ -274,12 +298,13 @@ fn compile_endpoint(domain: &str, ep: &Endpoint) -> EndpointRules {
         })
         .collect();
     EndpointRules {
-        domain: domain.to_owned(),
         shortname: short.into(),
         unit: ep.unit,
         counting: ep.counting,
         overall: ep.overall_limit,
         overall_name: format!("{short} overall").into(),
+        overall_key: CounterKey::new(domain, short, &CounterScope::Overall),
+        overall_cache: RuleCache::new(),
         shadow: ep.shadow_mode,
         soft: ep.soft,
         matcher: PrefixSet::new(prefixes.iter().map(|p| &*p.prefix)),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::explain::Step;
 use super::key::CounterKey;
 use super::wildcard;
-use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, Unmatched};
+use super::{CounterLabels, CounterRule, Entry, LimitOverride, Resolved, RuleCache, Unmatched};
 use crate::config::{
     Counting, DescriptorConfig, DescriptorDomain, Metadata, RateLimitConfig, Unit,
 };
@@ -60,6 +60,7 @@ enum Limit {
         name: Arc<str>,
         configured_name: Option<Arc<str>>,
         replaces: Arc<[Arc<str>]>,
+        cache: RuleCache,
     },
 }
 
@@ -153,6 +154,7 @@ impl DescriptorTree {
                 // of a rule applies, as in the reference.
                 quota: false,
                 metadata: None,
+                cache: RuleCache::none(),
             });
         }
         let Some(node) = node else {
@@ -166,6 +168,7 @@ impl DescriptorTree {
                 name,
                 configured_name,
                 replaces,
+                cache,
             }) => Resolved::counted(CounterRule {
                 key: key(),
                 limit: *requests_per_unit,
@@ -186,6 +189,7 @@ impl DescriptorTree {
                 replaces: replaces.clone(),
                 quota: node.quota,
                 metadata: node.metadata.clone(),
+                cache: cache.clone(),
             }),
             Some(Limit::Unlimited) => Resolved {
                 unlimited: true,
@@ -311,6 +315,7 @@ fn level(descriptors: &[DescriptorConfig], parent_path: &str) -> Level {
                     name: name.clone().unwrap_or_else(|| path.clone()).into(),
                     configured_name: name.as_deref().map(Arc::from),
                     replaces: replaces.iter().map(|r| Arc::from(r.as_str())).collect(),
+                    cache: RuleCache::new(),
                 },
             }),
             shadow: d.shadow_mode,
