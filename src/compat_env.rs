@@ -736,8 +736,8 @@ pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<FromEnv, EnvError> {
     })
 }
 
-/// The counter store: REDIS_* (and BACKEND_TYPE) → `--redis-url` / `--redis-cluster-url`.
-/// Returns the master's password when it cannot ride in a URL (REDIS_TYPE=sentinel).
+/// The counter store: REDIS_* (and BACKEND_TYPE) → `--redis-url` / `--redis-cluster-url` /
+/// `--redis-sentinel`. Returns the master's password when it cannot ride in a URL (REDIS_TYPE=sentinel).
 fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<Option<String>, EnvError> {
     match v
         .str_or("BACKEND_TYPE", "redis")

@@ -435,11 +435,13 @@ async fn redis_type_sentinel_counts_on_the_master_the_sentinel_names() {
     assert_eq!(warnings_naming(&rls, "REDIS_SENTINEL_AUTH"), 0);
 }
 
-/// Every span an OTLP/HTTP export delivered, with its resource's service name, and the
-/// paths posted to.
+/// One exported span: its resource's service name and its trace id.
+type Received = (String, Vec<u8>);
+
+/// Every span an OTLP/HTTP export delivered, and the paths posted to.
 #[derive(Clone, Default)]
 struct Spans {
-    spans: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    spans: Arc<Mutex<Vec<Received>>>,
     paths: Arc<Mutex<Vec<String>>>,
 }
 
