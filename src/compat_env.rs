@@ -791,13 +791,16 @@ fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<Option<String>, Env
         .get("REDIS_AUTH")
         .filter(|a| !a.is_empty())
         .map(str::to_owned);
-    let node_url = |n: &str| node(v, "REDIS_URL", n, tls, "REDIS_AUTH", auth.as_deref());
     let mut master_password = None;
-    match v
-        .str_or("REDIS_TYPE", "SINGLE")
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    let redis_type = v.str_or("REDIS_TYPE", "SINGLE").to_ascii_lowercase();
+    if redis_type != "sentinel" && v.get("REDIS_SENTINEL_AUTH").is_some_and(|a| !a.is_empty()) {
+        // The reference ignores it too; said, so that a forgotten REDIS_TYPE is noticed.
+        v.warnings.push(format!(
+            "REDIS_SENTINEL_AUTH is set but unused: REDIS_TYPE is {redis_type}, not sentinel"
+        ));
+    }
+    let node_url = |n: &str| node(v, "REDIS_URL", n, tls, "REDIS_AUTH", auth.as_deref());
+    match redis_type.as_str() {
         "single" => {
             let u = node_url(&url)?;
             args.push("--redis-url".into());
@@ -1307,6 +1310,17 @@ mod tests {
             Some(Path::new("/ca.pem"))
         );
         assert!(tls.args.redis_password.is_none());
+
+        // Without REDIS_TYPE=sentinel the sentinels' password is unused, and said to be.
+        let single = ok(&[
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "r:6379"),
+            ("REDIS_SENTINEL_AUTH", "s3cret"),
+        ]);
+        assert_eq!(single.args.redis_url.as_deref(), Some("redis://r:6379"));
+        assert_eq!(single.warnings.len(), 1, "{:?}", single.warnings);
+        assert!(single.warnings[0].starts_with("REDIS_SENTINEL_AUTH is set but unused"));
+        assert!(!single.warnings[0].contains("s3cret"));
     }
 
     #[test]
