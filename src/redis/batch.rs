@@ -217,7 +217,11 @@ impl Queue {
 
 /// Takes every request waiting (up to the cap), sends them as one call, hands out the
 /// replies; again, until the queue is dropped.
-async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, source: Source, shared: Arc<Shared>) {
+async fn worker(
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    source: Source,
+    shared: Arc<Shared>,
+) {
     let mut batch: Vec<Job> = Vec::new();
     loop {
         {
