@@ -17,9 +17,9 @@ use std::ffi::OsString;
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
-use crate::settings::{Cli, Command, ServeArgs};
+use crate::settings::{Cli, Command, InProcessSecret, ServeArgs};
 
 /// Why the environment does not make a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,7 @@ const SUPPORTED: &[&str] = &[
     "REDIS_TYPE",
     "REDIS_URL",
     "REDIS_AUTH",
+    "REDIS_SENTINEL_AUTH",
     "REDIS_TLS",
     "REDIS_TLS_CACERT",
     "REDIS_TIMEOUT",
@@ -164,6 +165,34 @@ const SUPPORTED: &[&str] = &[
     "RESPONSE_DYNAMIC_METADATA",
     "MERGE_DOMAIN_CONFIG",
     "TRACING_ENABLED",
+    "TRACING_EXPORTER_PROTOCOL",
+    "TRACING_SERVICE_NAME",
+    "TRACING_SAMPLING_RATE",
+];
+
+/// `OTEL_*` variables the OpenTelemetry SDK reads from the process environment by itself
+/// (batching, export headers and deadline, resource attributes, span limits), so they take
+/// effect here as in the reference and are not warned about.
+const OTEL_READ_BY_THE_SDK: &[&str] = &[
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+];
+
+/// The endpoint variables, read with `TRACING_ENABLED=true` ([`tracing_flags`]).
+const OTEL_ENDPOINTS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 ];
 
 /// Reference variables with no counterpart here, and why (logged when set).
@@ -276,30 +305,13 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "REDIS_STARTUP_MAX_ELAPSED_TIME",
         "Redis is reconnected on demand; readiness (/healthcheck) reports it",
     ),
-    // TODO(sentinel): map to the sentinel password flag once `--redis-sentinel` lands.
-    (
-        "REDIS_SENTINEL_AUTH",
-        "Redis Sentinel is not in this build (TODO: --redis-sentinel)",
-    ),
-    (
-        "TRACING_SERVICE_NAME",
-        "tracing settings beyond the OTLP endpoint are not supported",
-    ),
     (
         "TRACING_SERVICE_NAMESPACE",
-        "tracing settings beyond the OTLP endpoint are not supported",
+        "spans carry service.name (TRACING_SERVICE_NAME) only; add service.namespace with OTEL_RESOURCE_ATTRIBUTES",
     ),
     (
         "TRACING_SERVICE_INSTANCE_ID",
-        "tracing settings beyond the OTLP endpoint are not supported",
-    ),
-    (
-        "TRACING_EXPORTER_PROTOCOL",
-        "tracing settings beyond the OTLP endpoint are not supported",
-    ),
-    (
-        "TRACING_SAMPLING_RATE",
-        "tracing settings beyond the OTLP endpoint are not supported",
+        "spans carry service.name (TRACING_SERVICE_NAME) only; add service.instance.id with OTEL_RESOURCE_ATTRIBUTES",
     ),
 ];
 
@@ -314,19 +326,6 @@ const UNSUPPORTED_PREFIXES: &[(&str, &str)] = &[
         "memcached is not supported; counters live in Redis or in memory",
     ),
 ];
-
-/// Flags another part of the service adds; mapped when this build has them.
-const QUOTA_MODE_FLAG: &str = "quota-mode";
-const DYNAMIC_METADATA_FLAG: &str = "response-dynamic-metadata";
-const OTLP_FLAG: &str = "otlp-endpoint";
-const SENTINEL_FLAG: &str = "redis-sentinel";
-
-/// Whether `serve` has `--name` in this build.
-fn has_flag(name: &str) -> bool {
-    Cli::command()
-        .find_subcommand("serve")
-        .is_some_and(|s| s.get_arguments().any(|a| a.get_long() == Some(name)))
-}
 
 /// Reads the variables one by one, with the reference's defaults.
 struct Vars<'a> {
@@ -682,39 +681,18 @@ pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<FromEnv, EnvError> {
     if cache == 0 {
         flag(&mut args, "over-limit-cache-ttl", "0s");
     }
-    for (name, flag_name) in [
-        ("QUOTA_MODE", QUOTA_MODE_FLAG),
-        ("RESPONSE_DYNAMIC_METADATA", DYNAMIC_METADATA_FLAG),
-    ] {
-        if v.bool_or(name, false)? {
-            if has_flag(flag_name) {
-                args.push(format!("--{flag_name}"));
-            } else {
-                // TODO(compat): mapped as soon as `serve --quota-mode` /
-                // `--response-dynamic-metadata` exist (checked at run time above).
-                v.warn(name, &format!("not in this build (TODO: --{flag_name})"));
-            }
-        }
+    if v.bool_or("QUOTA_MODE", false)? {
+        args.push("--quota-mode".into());
+    }
+    if v.bool_or("RESPONSE_DYNAMIC_METADATA", false)? {
+        args.push("--response-dynamic-metadata".into());
     }
     if v.bool_or("TRACING_ENABLED", false)? {
-        let endpoint = v
-            .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or(v.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .unwrap_or("http://localhost:4318")
-            .to_owned();
-        if has_flag(OTLP_FLAG) {
-            flag(&mut args, OTLP_FLAG, &endpoint);
-        } else {
-            // TODO(sentinel): mapped as soon as `serve --otlp-endpoint` exists.
-            v.warn(
-                "TRACING_ENABLED",
-                &format!("not in this build (TODO: --{OTLP_FLAG})"),
-            );
-        }
+        args.extend(tracing_flags(&v)?);
     }
 
     // The counter store.
-    redis(&mut v, &mut args)?;
+    let master_password = redis(&mut v, &mut args)?;
 
     // Everything else the reference reads that is set: named once each.
     let mut named: Vec<(String, &str)> = Vec::new();
@@ -727,15 +705,12 @@ pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<FromEnv, EnvError> {
         {
             named.push((name.clone(), why));
         } else if name.starts_with("OTEL_")
-            && !(has_flag(OTLP_FLAG)
-                && matches!(
-                    name.as_str(),
-                    "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-                ))
+            && !OTEL_READ_BY_THE_SDK.contains(&name.as_str())
+            && !OTEL_ENDPOINTS.contains(&name.as_str())
         {
             named.push((
                 name.clone(),
-                "only the OTLP endpoint is read (with TRACING_ENABLED=true)",
+                "the exporter is set by TRACING_ENABLED, TRACING_EXPORTER_PROTOCOL, TRACING_SERVICE_NAME, TRACING_SAMPLING_RATE and OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT; of the other OTEL_* variables only OTEL_BSP_*, the OTLP headers and timeout, OTEL_RESOURCE_ATTRIBUTES and the span limits are read",
             ));
         }
     }
@@ -746,13 +721,14 @@ pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<FromEnv, EnvError> {
     let argv = ["ironclad-rls".to_owned(), "serve".to_owned()]
         .into_iter()
         .chain(args);
-    let serve = match Cli::try_parse_from(argv) {
+    let mut serve = match Cli::try_parse_from(argv) {
         Ok(Cli {
             command: Command::Serve(s),
         }) => s,
         Ok(_) => return Err(EnvError::Settings("not a serve command".into())),
         Err(e) => return Err(EnvError::Settings(e.to_string())),
     };
+    serve.redis_password = master_password.map(InProcessSecret);
     Ok(FromEnv {
         args: serve,
         log_level,
@@ -760,8 +736,9 @@ pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<FromEnv, EnvError> {
     })
 }
 
-/// The counter store: REDIS_* (and BACKEND_TYPE) → `--redis-url` / `--redis-cluster-url`.
-fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<(), EnvError> {
+/// The counter store: REDIS_* (and BACKEND_TYPE) → `--redis-url` / `--redis-cluster-url` /
+/// `--redis-sentinel`. Returns the master's password when it cannot ride in a URL (REDIS_TYPE=sentinel).
+fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<Option<String>, EnvError> {
     match v
         .str_or("BACKEND_TYPE", "redis")
         .to_ascii_lowercase()
@@ -794,7 +771,7 @@ fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<(), EnvError> {
         v.warnings.push(
             "REDIS_URL is not set: counters live in this process (one replica only); the reference would use /var/run/nutcracker/ratelimit.sock".into(),
         );
-        return Ok(());
+        return Ok(None);
     };
     let socket = v.str_or("REDIS_SOCKET_TYPE", "unix").to_ascii_lowercase();
     let tls = v.bool_or("REDIS_TLS", false)?;
@@ -814,31 +791,16 @@ fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<(), EnvError> {
         .get("REDIS_AUTH")
         .filter(|a| !a.is_empty())
         .map(str::to_owned);
-    let node_url = |node: &str| -> Result<String, EnvError> {
-        let node = node.trim();
-        if node.is_empty() || node.contains("://") || !node.contains(':') {
-            return Err(v.invalid(
-                "REDIS_URL",
-                "expected host:port (comma-separated for a cluster)",
-            ));
-        }
-        let scheme = if tls { "rediss" } else { "redis" };
-        let mut u = url::Url::parse(&format!("{scheme}://{node}"))
-            .map_err(|e| v.invalid("REDIS_URL", format!("expected host:port ({e})")))?;
-        if let Some(a) = &auth {
-            // `user:password`, or a password alone (the reference's two spellings).
-            let (user, password) = a.split_once(':').unwrap_or(("", a.as_str()));
-            if u.set_username(user).is_err() || u.set_password(Some(password)).is_err() {
-                return Err(v.invalid("REDIS_URL", "cannot carry REDIS_AUTH"));
-            }
-        }
-        Ok(u.to_string())
-    };
-    match v
-        .str_or("REDIS_TYPE", "SINGLE")
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    let mut master_password = None;
+    let redis_type = v.str_or("REDIS_TYPE", "SINGLE").to_ascii_lowercase();
+    if redis_type != "sentinel" && v.get("REDIS_SENTINEL_AUTH").is_some_and(|a| !a.is_empty()) {
+        // The reference ignores it too; said, so that a forgotten REDIS_TYPE is noticed.
+        v.warnings.push(format!(
+            "REDIS_SENTINEL_AUTH is set but unused: REDIS_TYPE is {redis_type}, not sentinel"
+        ));
+    }
+    let node_url = |n: &str| node(v, "REDIS_URL", n, tls, "REDIS_AUTH", auth.as_deref());
+    match redis_type.as_str() {
         "single" => {
             let u = node_url(&url)?;
             args.push("--redis-url".into());
@@ -850,19 +812,48 @@ fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<(), EnvError> {
             args.push(nodes.join(","));
         }
         "sentinel" => {
-            if has_flag(SENTINEL_FLAG) {
-                // The reference's spelling: `master-name,host:port,host:port`.
-                args.push(format!("--{SENTINEL_FLAG}"));
-                args.push(url.clone());
-            } else {
-                // TODO(sentinel): mapped as soon as `serve --redis-sentinel` exists (checked
-                // at run time). Refused rather than counted in memory behind the user's back.
-                return Err(EnvError::Unsupported {
-                    name: "REDIS_TYPE".into(),
-                    value: "sentinel".into(),
-                    why: format!("Redis Sentinel is not in this build (TODO: --{SENTINEL_FLAG})"),
-                });
+            // The reference's spelling: `master-name,host:port[,host:port...]`.
+            let (master, sentinels) = url.split_once(',').unwrap_or((url.as_str(), ""));
+            let master = master.trim();
+            if master.is_empty() || master.contains(':') || sentinels.trim().is_empty() {
+                return Err(v.invalid(
+                    "REDIS_URL",
+                    "expected the master's name and the sentinels: MASTER,host:port[,host:port...]",
+                ));
             }
+            // The sentinels' password rides in each sentinel's URL, as REDIS_AUTH does in
+            // a single node's: parsed in this process, never in argv or a file.
+            let sentinel_auth = v
+                .get("REDIS_SENTINEL_AUTH")
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned);
+            let sentinels: Vec<String> = sentinels
+                .split(',')
+                .map(|n| {
+                    node(
+                        v,
+                        "REDIS_URL",
+                        n,
+                        tls,
+                        "REDIS_SENTINEL_AUTH",
+                        sentinel_auth.as_deref(),
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            if let Some(a) = &auth {
+                // The master is reached at the address the sentinels name, so its password
+                // cannot ride in a URL; it is handed over in this process.
+                if a.contains(':') {
+                    return Err(EnvError::Unsupported {
+                        name: "REDIS_AUTH".into(),
+                        value: "<user>:<password>".into(),
+                        why: "with REDIS_TYPE=sentinel the master takes a password alone (no user name)".into(),
+                    });
+                }
+                master_password = Some(a.clone());
+            }
+            args.push("--redis-sentinel".into());
+            args.push(format!("{master},{}", sentinels.join(",")));
         }
         _ => return Err(v.invalid("REDIS_TYPE", "expected single, cluster or sentinel")),
     }
@@ -870,7 +861,98 @@ fn redis(v: &mut Vars<'_>, args: &mut Vec<String>) -> Result<(), EnvError> {
         args.push("--redis-ca-file".into());
         args.push(ca.to_owned());
     }
-    Ok(())
+    Ok(master_password)
+}
+
+/// One Redis node of `REDIS_URL` (`host:port`) as a URL, with `auth` (the variable
+/// `auth_var`: `user:password` or a password alone, the reference's two spellings) in it.
+fn node(
+    v: &Vars<'_>,
+    url_var: &str,
+    node: &str,
+    tls: bool,
+    auth_var: &str,
+    auth: Option<&str>,
+) -> Result<String, EnvError> {
+    let node = node.trim();
+    if node.is_empty() || node.contains("://") || !node.contains(':') {
+        return Err(v.invalid(
+            url_var,
+            "expected host:port (comma-separated for a cluster or the sentinels)",
+        ));
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let mut u = url::Url::parse(&format!("{scheme}://{node}"))
+        .map_err(|e| v.invalid(url_var, format!("expected host:port ({e})")))?;
+    if let Some(a) = auth {
+        let (user, password) = a.split_once(':').unwrap_or(("", a));
+        if u.set_username(user).is_err() || u.set_password(Some(password)).is_err() {
+            return Err(v.invalid(url_var, format!("cannot carry {auth_var}")));
+        }
+    }
+    Ok(u.to_string())
+}
+
+/// `TRACING_ENABLED=true`: the reference's tracing variables → `--otlp-*` / `--trace-*`,
+/// with its defaults (its `src/settings/settings.go` and `src/trace/trace.go`: HTTP,
+/// service name `RateLimit`, every trace the caller did not decide sampled).
+fn tracing_flags(v: &Vars<'_>) -> Result<Vec<String>, EnvError> {
+    // The reference takes an empty protocol for HTTP and refuses any other than the two.
+    let protocol = match v.str_or("TRACING_EXPORTER_PROTOCOL", "http").as_str() {
+        "http" | "" => "http",
+        "grpc" => "grpc",
+        _ => return Err(v.invalid("TRACING_EXPORTER_PROTOCOL", "expected http or grpc")),
+    };
+    // The OpenTelemetry rules: the traces endpoint is the full URL; the general endpoint
+    // is a base under which OTLP/HTTP posts to `v1/traces` (gRPC has no path).
+    let endpoint = if let Some(e) = v
+        .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .filter(|e| !e.is_empty())
+    {
+        otlp_url(v, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e)?;
+        e.to_owned()
+    } else if let Some(e) = v
+        .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .filter(|e| !e.is_empty())
+    {
+        let u = otlp_url(v, "OTEL_EXPORTER_OTLP_ENDPOINT", e)?;
+        if protocol == "http" {
+            let mut u = u;
+            let path = format!("{}/v1/traces", u.path().trim_end_matches('/'));
+            u.set_path(&path);
+            u.to_string()
+        } else {
+            e.to_owned()
+        }
+    } else if protocol == "http" {
+        "http://localhost:4318/v1/traces".to_owned()
+    } else {
+        "http://localhost:4317".to_owned()
+    };
+    // Go's ratio sampler samples everything from 1 up and nothing from 0 down.
+    let rate: f64 = v.parse_or("TRACING_SAMPLING_RATE", 1.0, "a number")?;
+    if rate.is_nan() {
+        return Err(v.invalid("TRACING_SAMPLING_RATE", "expected a number"));
+    }
+    let rate = rate.clamp(0.0, 1.0);
+    Ok(vec![
+        "--otlp-endpoint".into(),
+        endpoint,
+        "--otlp-protocol".into(),
+        protocol.into(),
+        "--trace-service-name".into(),
+        v.str_or("TRACING_SERVICE_NAME", "RateLimit"),
+        "--trace-sampling-rate".into(),
+        rate.to_string(),
+    ])
+}
+
+/// An OTLP endpoint variable's value as an `http(s)://` URL, or an error naming it.
+fn otlp_url(v: &Vars<'_>, name: &str, value: &str) -> Result<url::Url, EnvError> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        _ => Err(v.invalid(name, "expected an http:// or https:// URL")),
+    }
 }
 
 /// `ServeArgs` parsed from a command line (used by the tests to compare).
@@ -885,6 +967,7 @@ fn parse_serve(flags: &[&str]) -> ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::OtlpProtocol;
     use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -1018,8 +1101,12 @@ mod tests {
             ("REDIS_PERSECOND_URL", "x:1"),
             ("MEMCACHE_HOST_PORT", "m:11211"),
             ("USE_STATSD", "true"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
             ("MERGE_DOMAIN_CONFIG", "true"),
+            ("TRACING_SERVICE_NAMESPACE", "edge"),
+            // Read by the OpenTelemetry SDK itself: not warned about.
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ]);
         for name in [
             "DEBUG_PORT",
@@ -1027,8 +1114,9 @@ mod tests {
             "REDIS_PERSECOND_URL",
             "MEMCACHE_HOST_PORT",
             "USE_STATSD",
-            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_TRACES_SAMPLER",
             "MERGE_DOMAIN_CONFIG",
+            "TRACING_SERVICE_NAMESPACE",
         ] {
             let n = f
                 .warnings
@@ -1037,6 +1125,8 @@ mod tests {
                 .count();
             assert_eq!(n, 1, "{name}: {:?}", f.warnings);
         }
+        // And the REDIS_URL line: nothing else.
+        assert_eq!(f.warnings.len(), 9, "{:?}", f.warnings);
         // Defaults restated change nothing and are not warned about.
         let quiet = ok(&[
             ("USE_STATSD", "false"),
@@ -1156,10 +1246,210 @@ mod tests {
     }
 
     #[test]
+    fn quota_mode_and_dynamic_metadata_are_their_flags() {
+        let f = ok(&[("QUOTA_MODE", "true"), ("RESPONSE_DYNAMIC_METADATA", "1")]);
+        assert!(f.args.quota_mode && f.args.response_dynamic_metadata);
+        assert!(f.warnings.iter().all(|w| !w.contains("QUOTA_MODE")));
+        let off = ok(&[("QUOTA_MODE", "false")]);
+        assert!(!off.args.quota_mode && !off.args.response_dynamic_metadata);
+        let e = from_vars(&env(&[("QUOTA_MODE", "on")])).expect_err("not a Go bool");
+        assert!(e.to_string().starts_with("QUOTA_MODE"), "{e}");
+    }
+
+    fn sentinel_env(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut pairs = vec![
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_TYPE", "sentinel"),
+            ("REDIS_URL", "mymaster, s1:26379 ,s2:26380"),
+        ];
+        pairs.extend_from_slice(extra);
+        pairs
+    }
+
+    #[test]
+    fn redis_sentinel_takes_the_references_url_and_both_passwords() {
+        let f = ok(&sentinel_env(&[
+            ("REDIS_SENTINEL_AUTH", "s3cret"),
+            ("REDIS_AUTH", "master-pw"),
+        ]));
+        let t = f.args.redis_sentinel.as_deref().expect("--redis-sentinel");
+        assert_eq!(t.master, "mymaster");
+        // The sentinels' password rides in their URLs, the master's beside them.
+        assert_eq!(
+            t.sentinels,
+            vec!["redis://:s3cret@s1:26379", "redis://:s3cret@s2:26380"]
+        );
+        assert_eq!(
+            f.args.redis_password,
+            Some(InProcessSecret("master-pw".into()))
+        );
+        assert!(f.args.redis_url.is_none() && f.args.redis_cluster_url.is_empty());
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        assert!(
+            !format!("{:?}", f.args.redis_password).contains("master-pw"),
+            "Debug hides the password"
+        );
+
+        // TLS to the sentinels (and so to the master), a user for the sentinels.
+        let tls = ok(&sentinel_env(&[
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CACERT", "/ca.pem"),
+            ("REDIS_SENTINEL_AUTH", "ops:pw"),
+        ]));
+        let t = tls
+            .args
+            .redis_sentinel
+            .as_deref()
+            .expect("--redis-sentinel");
+        assert_eq!(
+            t.sentinels,
+            vec!["rediss://ops:pw@s1:26379", "rediss://ops:pw@s2:26380"]
+        );
+        assert_eq!(
+            tls.args.redis_ca_file.as_deref(),
+            Some(Path::new("/ca.pem"))
+        );
+        assert!(tls.args.redis_password.is_none());
+
+        // Without REDIS_TYPE=sentinel the sentinels' password is unused, and said to be.
+        let single = ok(&[
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "r:6379"),
+            ("REDIS_SENTINEL_AUTH", "s3cret"),
+        ]);
+        assert_eq!(single.args.redis_url.as_deref(), Some("redis://r:6379"));
+        assert_eq!(single.warnings.len(), 1, "{:?}", single.warnings);
+        assert!(single.warnings[0].starts_with("REDIS_SENTINEL_AUTH is set but unused"));
+        assert!(!single.warnings[0].contains("s3cret"));
+    }
+
+    #[test]
+    fn a_bad_sentinel_environment_names_its_variable() {
+        for (url, auth, name) in [
+            ("s1:26379", "", "REDIS_URL"),
+            ("mymaster", "", "REDIS_URL"),
+            ("mymaster,", "", "REDIS_URL"),
+            ("mymaster,redis://s1:26379", "", "REDIS_URL"),
+            ("mymaster,s1:26379", "user:pw", "REDIS_AUTH"),
+        ] {
+            let mut pairs = vec![
+                ("REDIS_SOCKET_TYPE", "tcp"),
+                ("REDIS_TYPE", "SENTINEL"),
+                ("REDIS_URL", url),
+            ];
+            if !auth.is_empty() {
+                pairs.push(("REDIS_AUTH", auth));
+            }
+            let e = from_vars(&env(&pairs)).expect_err(url).to_string();
+            assert!(e.starts_with(name), "{url}: {e}");
+            assert!(!e.contains("pw\""), "no password in the message: {e}");
+        }
+    }
+
+    #[test]
+    fn tracing_takes_the_references_defaults() {
+        let f = ok(&[
+            ("TRACING_ENABLED", "true"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "r:6379"),
+        ]);
+        let t = &f.args.tracing;
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://localhost:4318/v1/traces")
+        );
+        assert_eq!(t.otlp_protocol, OtlpProtocol::Http);
+        assert_eq!(t.trace_service_name, "RateLimit");
+        assert!((t.trace_sampling_rate - 1.0).abs() < f64::EPSILON);
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        // Off by default; the other TRACING_* variables then change nothing, as there.
+        let off = ok(&[
+            ("TRACING_SERVICE_NAME", "x"),
+            ("TRACING_SAMPLING_RATE", "0.1"),
+        ]);
+        assert!(off.args.tracing.otlp_endpoint.is_none());
+        let grpc = ok(&[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+        ]);
+        assert_eq!(
+            grpc.args.tracing.otlp_endpoint.as_deref(),
+            Some("http://localhost:4317")
+        );
+        assert_eq!(grpc.args.tracing.otlp_protocol, OtlpProtocol::Grpc);
+    }
+
+    #[test]
+    fn tracing_variables_map_to_the_trace_flags() {
+        let f = ok(&[
+            ("TRACING_ENABLED", "true"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector:4318/base/",
+            ),
+            ("TRACING_SERVICE_NAME", "edge-rl"),
+            ("TRACING_SAMPLING_RATE", "0.25"),
+            ("TRACING_EXPORTER_PROTOCOL", ""),
+        ]);
+        let t = &f.args.tracing;
+        // The general endpoint is a base: OTLP/HTTP posts under it.
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("https://collector:4318/base/v1/traces")
+        );
+        assert_eq!(t.otlp_protocol, OtlpProtocol::Http, "empty is HTTP");
+        assert_eq!(t.trace_service_name, "edge-rl");
+        assert!((t.trace_sampling_rate - 0.25).abs() < f64::EPSILON);
+        // The traces endpoint is the URL itself, and wins over the general one.
+        let traces = ok(&[
+            ("TRACING_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+        ]);
+        assert_eq!(
+            traces.args.tracing.otlp_endpoint.as_deref(),
+            Some("http://c:4318/custom")
+        );
+        // gRPC has no path: the general endpoint is used as it is.
+        let grpc = ok(&[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ]);
+        assert_eq!(
+            grpc.args.tracing.otlp_endpoint.as_deref(),
+            Some("http://c:4317")
+        );
+        // Go's ratio sampler: from 1 up everything, from 0 down nothing.
+        for (raw, rate) in [("5", 1.0), ("-1", 0.0), ("0", 0.0)] {
+            let f = ok(&[("TRACING_ENABLED", "true"), ("TRACING_SAMPLING_RATE", raw)]);
+            assert!((f.args.tracing.trace_sampling_rate - rate).abs() < f64::EPSILON);
+        }
+    }
+
+    #[test]
+    fn bad_tracing_values_name_their_variable() {
+        for (name, value) in [
+            ("TRACING_EXPORTER_PROTOCOL", "zipkin"),
+            ("TRACING_SAMPLING_RATE", "half"),
+            ("TRACING_SAMPLING_RATE", "NaN"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://c:4317"),
+        ] {
+            let e = from_vars(&env(&[("TRACING_ENABLED", "true"), (name, value)]))
+                .expect_err(name)
+                .to_string();
+            assert!(e.starts_with(name), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
     fn only_the_references_variables_are_read() {
         assert!(is_reference_variable("PORT"));
         assert!(is_reference_variable("MEMCACHE_SRV"));
         assert!(is_reference_variable("OTEL_SERVICE_NAME"));
+        assert!(is_reference_variable("REDIS_SENTINEL_AUTH"));
+        assert!(is_reference_variable("TRACING_SAMPLING_RATE"));
         assert!(!is_reference_variable("PATH"));
         assert!(!is_reference_variable("RLS_CONFIG"));
     }

@@ -193,6 +193,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RLS_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
 
+    /// The Redis master's password handed over inside the process: the reference's
+    /// `REDIS_AUTH` with `REDIS_TYPE=sentinel` (`compat_env`), where no URL names the master.
+    /// Never a flag, so never in argv; --redis-password-file wins over it.
+    #[arg(skip)]
+    pub redis_password: Option<InProcessSecret>,
+
     /// PEM file of the CA that signed the Redis server's certificate (`rediss://`).
     /// Absent: the system's trust store.
     #[arg(long, env = "RLS_REDIS_CA_FILE")]
@@ -299,6 +305,16 @@ pub struct ServeArgs {
     /// deployments and `serve`'s flags would otherwise outgrow the other commands' by far.
     #[command(flatten)]
     pub tracing: Box<TracingArgs>,
+}
+
+/// A secret set inside the process rather than by a flag; its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InProcessSecret(pub String);
+
+impl std::fmt::Debug for InProcessSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InProcessSecret(***)")
+    }
 }
 
 /// `serve`'s tracing flags: one span per decision exported with OTLP.

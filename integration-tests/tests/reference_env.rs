@@ -7,20 +7,31 @@
 //! ports made free and pointed at loopback: xDS over mutual TLS from a management server
 //! written here, TLS with a client CA on the gRPC port, a real Redis, `/healthcheck` on
 //! `PORT` and metrics on `PROMETHEUS_ADDR`. The file case is the reference's classic layout
-//! under `RUNTIME_ROOT`.
+//! under `RUNTIME_ROOT`. Then the variables of the features that came last, each through
+//! the real binary: `REDIS_TYPE=sentinel` against a real sentinel (with both passwords),
+//! `TRACING_ENABLED` with an OTLP/HTTP receiver run here, `QUOTA_MODE` and
+//! `RESPONSE_DYNAMIC_METADATA` changing the answers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use integration_tests::pki::Ca;
 use integration_tests::redis::{RedisServer, free_port};
 use integration_tests::xds::{ManagementServer, ServerTls, limit};
 use integration_tests::{Rls, binary, eventually, http_get, request, wait_for_fresh_window};
+use ironclad_rls::proto::RateLimitResponse;
 use ironclad_rls::proto::rate_limit_response::Code;
 use ironclad_rls::proto::rate_limit_service_client::RateLimitServiceClient;
 use ironclad_rls::proto::ratelimit::config::ratelimit::v3::RateLimitUnit;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -244,5 +255,409 @@ fn an_invalid_variable_stops_the_start_with_its_name() {
             err.contains(&format!("{name}=\"{value}\"")),
             "{name}: {err}"
         );
+    }
+}
+
+/// The binary as `ratelimit` on the classic file layout (`limits` in
+/// `RUNTIME_ROOT/ratelimit/config/limits.yaml`), loopback ports, JSON logs at info, and the
+/// variables in `env`; ready to answer.
+fn start_ratelimit(dir: &Path, limits: &str, env: &[(&str, &str)]) -> Rls {
+    let root = dir.join("srv");
+    write(&root.join("ratelimit/config/limits.yaml"), limits);
+    let root = root.to_string_lossy().into_owned();
+    let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+    let mut command = Command::new(ratelimit_link(dir));
+    command
+        .envs([
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("HOST", "127.0.0.1"),
+            ("PORT", &port),
+            ("GRPC_HOST", "127.0.0.1"),
+            ("GRPC_PORT", &grpc_port),
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .envs(env.iter().copied());
+    let rls = Rls::start_command(command);
+    rls.wait_ready(DEADLINE);
+    rls
+}
+
+/// The whole answer to one request.
+async fn answer(rls: &Rls, req: ironclad_rls::proto::RateLimitRequest) -> RateLimitResponse {
+    rls.client()
+        .await
+        .should_rate_limit(req)
+        .await
+        .expect("ShouldRateLimit")
+        .into_inner()
+}
+
+/// The process's argv, as the kernel shows it to anyone on the host.
+fn cmdline(rls: &Rls) -> String {
+    std::fs::read(format!("/proc/{}/cmdline", rls.pid()))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .expect("read /proc/<pid>/cmdline")
+}
+
+const SENTINEL_HINT: &str = "install Redis with its Sentinel (Debian: apt-get install -y \
+     redis-server redis-sentinel; `redis-server --sentinel` is what runs), or run scripts/test";
+
+/// One `redis-server --sentinel` with a password, watching a password-protected master;
+/// killed when dropped.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(master: &str, master_port: u16, master_password: &str, password: &str) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for a sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        // Its own file: a sentinel rewrites its configuration with what it learns.
+        write(
+            &conf,
+            &format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nrequirepass {password}\n\
+                 sentinel monitor {master} 127.0.0.1 {master_port} 1\n\
+                 sentinel auth-pass {master} {master_password}\n",
+                dir = dir.path().display()
+            ),
+        );
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server --sentinel: {e}; {SENTINEL_HINT}")
+            });
+        let mut sentinel = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        // Up once it knows the master (authenticated, as the service will ask).
+        let deadline = Instant::now() + DEADLINE;
+        while !sentinel
+            .cli(password, &["SENTINEL", "get-master-addr-by-name", master])
+            .contains(&master_port.to_string())
+        {
+            if let Ok(Some(status)) = sentinel.child.try_wait() {
+                panic!("redis-server --sentinel exited at start ({status}): {SENTINEL_HINT}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on {port} did not name the master"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    fn cli(&self, password: &str, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-a",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}; {SENTINEL_HINT}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_type_sentinel_counts_on_the_master_the_sentinel_names() {
+    wait_for_fresh_window(3600, Duration::from_secs(120));
+    let (master_pw, sentinel_pw) = ("master-pw-7d1", "sentinel-pw-3c9");
+    let master = RedisServer::start_with(&["--requirepass", master_pw]);
+    let sentinel = Sentinel::start("mymaster", master.port, master_pw, sentinel_pw);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("mymaster,127.0.0.1:{}", sentinel.port);
+    // Both passwords are required: the sentinel answers nothing without its own, the
+    // master counts nothing without REDIS_AUTH.
+    let rls = start_ratelimit(
+        dir.path(),
+        "domain: sent\ndescriptors:\n  - key: user\n    rate_limit:\n      unit: hour\n      requests_per_unit: 3\n",
+        &[
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_TYPE", "sentinel"),
+            ("REDIS_URL", &url),
+            ("REDIS_AUTH", master_pw),
+            ("REDIS_SENTINEL_AUTH", sentinel_pw),
+        ],
+    );
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(
+            rls.overall_code(request("sent", &[&[("user", "ann")]]))
+                .await,
+        );
+    }
+    assert_eq!(codes, vec![OK, OK, OK, OVER], "{:#?}", rls.logs());
+
+    // Counted on the master: its keys name the descriptor.
+    let keys = master.cli(&["-a", master_pw, "--no-auth-warning", "KEYS", "*"]);
+    assert!(
+        keys.lines()
+            .any(|k| k.contains("user") && k.contains("ann")),
+        "the master holds the counter: {keys:?}"
+    );
+    // The passwords were handed over inside the process: not in argv, not in the log,
+    // not on /config.
+    let shown = [
+        cmdline(&rls),
+        rls.logs().join("\n"),
+        rls.admin_get("/config").1,
+    ];
+    for (what, text) in ["argv", "log", "/config"].iter().zip(&shown) {
+        assert!(
+            !text.contains(master_pw) && !text.contains(sentinel_pw),
+            "a password in the {what}: {text}"
+        );
+    }
+    assert_eq!(warnings_naming(&rls, "REDIS_SENTINEL_AUTH"), 0);
+}
+
+/// One exported span: its resource's service name and its trace id.
+type Received = (String, Vec<u8>);
+
+/// Every span an OTLP/HTTP export delivered, and the paths posted to.
+#[derive(Clone, Default)]
+struct Spans {
+    spans: Arc<Mutex<Vec<Received>>>,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Spans {
+    fn add(&self, path: &str, body: &[u8]) {
+        self.paths.lock().expect("lock").push(path.to_owned());
+        let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+            return;
+        };
+        let mut spans = self.spans.lock().expect("lock");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push((service.clone(), span.trace_id));
+            }
+        }
+    }
+
+    /// Polls until a span of `trace_id` arrived; its service name.
+    async fn wait_for(&self, trace_id: &[u8], rls: &Rls) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|(_, id)| id == trace_id)
+                .map(|(s, _)| s.clone());
+            if let Some(service) = found {
+                return service;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no span of the caller's trace reached the receiver; the service's log:\n{}",
+                rls.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An OTLP/HTTP receiver: HTTP/1.1 POSTs with a content length, each answered 200 with an
+/// empty export response, on kept-alive connections.
+async fn receive_otlp_http(listener: tokio::net::TcpListener, spans: Spans) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let spans = spans.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16384];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let length = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let total = end + 4 + length;
+                    if buf.len() < total {
+                        break;
+                    }
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    spans.add(&path, &buf[end + 4..total]);
+                    buf.drain(..total);
+                    let body = ExportTraceServiceResponse::default().encode_to_vec();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_enabled_exports_the_callers_trace_as_ratelimit_over_otlp_http() {
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(receive_otlp_http(listener, spans.clone()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Only the reference's variables: the protocol (http) and the service name
+    // (RateLimit) are its defaults. OTEL_BSP_SCHEDULE_DELAY is read by the SDK itself and
+    // only shortens the wait.
+    let rls = start_ratelimit(
+        dir.path(),
+        "domain: traced\ndescriptors:\n  - key: user\n    rate_limit:\n      unit: hour\n      requests_per_unit: 5\n",
+        &[
+            ("TRACING_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = tonic::Request::new(request("traced", &[&[("user", "ann")]]));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("ASCII"),
+    );
+    let code = rls
+        .client()
+        .await
+        .should_rate_limit(req)
+        .await
+        .expect("ShouldRateLimit")
+        .into_inner()
+        .overall_code;
+    assert_eq!(code, OK);
+
+    let id: Vec<u8> = (0..trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
+        .collect();
+    let service = spans.wait_for(&id, &rls).await;
+    assert_eq!(service, "RateLimit", "the reference's default service name");
+    let paths = spans.paths.lock().expect("lock").clone();
+    assert!(
+        paths.iter().all(|p| p == "/v1/traces"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT is a base; OTLP/HTTP posts under it: {paths:?}"
+    );
+    assert_eq!(warnings_naming(&rls, "OTEL_"), 0, "{:#?}", rls.logs());
+}
+
+const QUOTA_LIMITS: &str = "domain: quota
+descriptors:
+  - key: tokens
+    rate_limit:
+      unit: hour
+      requests_per_unit: 1
+    metadata:
+      tier: gold
+  - key: calls
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_mode_and_dynamic_metadata_change_the_answers() {
+    wait_for_fresh_window(3600, Duration::from_secs(120));
+    let both: &[&[(&str, &str)]] = &[&[("tokens", "ann")], &[("calls", "ann")]];
+    let (on_dir, off_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let on = start_ratelimit(
+        on_dir.path(),
+        QUOTA_LIMITS,
+        &[
+            ("QUOTA_MODE", "true"),
+            ("RESPONSE_DYNAMIC_METADATA", "true"),
+        ],
+    );
+    // The same limits without the two variables: the answers they change.
+    let off = start_ratelimit(off_dir.path(), QUOTA_LIMITS, &[]);
+
+    for rls in [&on, &off] {
+        let first = answer(rls, request("quota", both)).await;
+        assert_eq!(first.overall_code, OK);
+    }
+    let second_on = answer(&on, request("quota", both)).await;
+    let second_off = answer(&off, request("quota", both)).await;
+    let codes = |r: &RateLimitResponse| r.statuses.iter().map(|s| s.code).collect::<Vec<_>>();
+    // The quota descriptor is over its limit in both; only in quota mode does the other,
+    // within its limit, keep the request admitted.
+    assert_eq!(codes(&second_on), vec![OVER, OK]);
+    assert_eq!(
+        second_on.overall_code, OK,
+        "quota mode: not every descriptor is over"
+    );
+    assert_eq!(codes(&second_off), vec![OVER, OK]);
+    assert_eq!(second_off.overall_code, OVER);
+    // The quota descriptor alone, over its limit, is denied in quota mode too.
+    let alone = answer(&on, request("quota", &[&[("tokens", "ann")]])).await;
+    assert_eq!(alone.overall_code, OVER);
+
+    // The reference's dynamic_metadata with RESPONSE_DYNAMIC_METADATA=true, none without.
+    let metadata = second_on
+        .dynamic_metadata
+        .as_ref()
+        .expect("dynamic_metadata with RESPONSE_DYNAMIC_METADATA=true");
+    let text = format!("{metadata:?}");
+    assert!(
+        metadata.fields.contains_key("domain") && metadata.fields.contains_key("descriptors"),
+        "{text}"
+    );
+    assert!(text.contains("quota") && text.contains("tokens"), "{text}");
+    assert!(second_off.dynamic_metadata.is_none());
+    for rls in [&on, &off] {
+        assert_eq!(warnings_naming(rls, "QUOTA_MODE"), 0);
+        assert_eq!(warnings_naming(rls, "RESPONSE_DYNAMIC_METADATA"), 0);
     }
 }

@@ -312,6 +312,8 @@ fn build_store(
                 .with_context(|| format!("cannot read --redis-password-file {}", p.display()))
         })
         .transpose()?;
+    // compat_env's in-process password (REDIS_AUTH for a sentinel-named master).
+    let password = password.or_else(|| args.redis_password.as_ref().map(|s| s.0.clone()));
     let sentinel_password = args
         .redis_sentinel_password_file
         .as_ref()
