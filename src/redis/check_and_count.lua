@@ -414,11 +414,25 @@ local function run(mode, counters)
   return 1, states
 end
 
+-- The fixed windows a call has read, shared by its requests (a coalesced call often holds
+-- many requests for one counter): each is read once (GET) and written once, when the call
+-- ends or before a request of the general path, which reads Redis itself. Requests still see
+-- each other's counts in order, exactly as if each had been its own call.
+local seen = {orig = {}, count = {}, reset = {}, order = {}}
+
+local function flush_fixed()
+  for _, name in ipairs(seen.order) do
+    fixed.commit({name = name, stored = seen.orig[name], count = seen.count[name],
+                  reset = seen.reset[name]})
+  end
+  seen = {orig = {}, count = {}, reset = {}, order = {}}
+end
+
 -- The same for a request of fixed windows only (the common case), without the general
 -- path's tables per counter (each costs Redis time, measured in docs/counter-store.md):
 -- a fixed window's sim is its count, so the steps above are inlined on plain arrays. Its
 -- answers are the general path's, to the letter (the differential test holds both to the
--- memory store's). Writes status and states to `out`.
+-- memory store's). Writes status and states to `out`; what it counts goes to `seen`.
 local function run_fixed(out, mode, keys, k, args, a, n)
   local names, before, after, over, limits = {}, {}, {}, {}, {}
   local resets, stored, count = {}, {}, {}
@@ -431,7 +445,12 @@ local function run_fixed(out, mode, keys, k, args, a, n)
     local name = keys[k + i] .. ':' .. args[b + 2] .. ':' .. fmt(now - (now % win))
     local c = count[name]
     if c == nil then
-      c = tonumber(redis.call('GET', name) or '0')
+      c = seen.count[name]
+      if c == nil then
+        c = tonumber(redis.call('GET', name) or '0')
+        seen.orig[name], seen.count[name] = c, c
+        seen.order[#seen.order + 1] = name
+      end
       stored[name] = c
     end
     local negative = args[b + 5] == '1'
@@ -476,13 +495,11 @@ local function run_fixed(out, mode, keys, k, args, a, n)
     end
     count = qcount
   end
-  local done = {}
   for i = 1, n do
     local name = names[i]
     local c = count[name]
-    if not done[name] and c ~= nil and c ~= stored[name] then
-      done[name] = true
-      fixed.commit({name = name, stored = stored[name], count = c, reset = resets[name]})
+    if c ~= nil then
+      seen.count[name], seen.reset[name] = c, resets[name]
     end
   end
   if blocked then out[#out + 1] = 0 else out[#out + 1] = 1 end
@@ -498,6 +515,9 @@ end
 -- The call: every request in order, each on its own.
 local function check_and_count(keys, args)
   clock()
+  -- Library state outlives a call (a function's upvalues stay loaded): start clean even if
+  -- the call before stopped on an error.
+  seen = {orig = {}, count = {}, reset = {}, order = {}}
   local out, a, k, nargs = {now}, 0, 0, #args
   while a < nargs do
     local mode, deadline, n = args[a + 1], tonumber(args[a + 2]), tonumber(args[a + 3])
@@ -518,11 +538,13 @@ local function check_and_count(keys, args)
       if all_fixed then
         run_fixed(out, mode, keys, k, args, a, n)
       else
+        flush_fixed()
         reply(out, run(mode, decode(keys, k, args, a, n)))
       end
     end
     a = a + n * FIELDS
     k = k + n
   end
+  flush_fixed()
   return out
 end
