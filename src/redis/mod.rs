@@ -165,6 +165,22 @@ impl RedisStore {
         };
         let breaker = Arc::new(Breaker::default());
         let server_clock = Arc::new(ServerClock::new(options.timeout));
+        // A single node and a Sentinel's master share the coalescing queue; only where each
+        // call's connection comes from differs.
+        let queue =
+            |connect: Box<dyn FnOnce() -> Result<Vec<Source>, ::redis::RedisError> + Send>| {
+                let shared = Arc::new(batch::Shared {
+                    timeout: options.timeout,
+                    breaker: breaker.clone(),
+                    clock: server_clock.clone(),
+                });
+                Queue::start(
+                    connect,
+                    options.calls_per_connection,
+                    options.own_thread,
+                    shared,
+                )
+            };
         let connection = match &options.target {
             RedisTarget::Single(u) => {
                 let mut info = url::with_scheme(u).into_connection_info().map_err(bad)?;
@@ -192,20 +208,7 @@ impl RedisStore {
                         })
                         .collect::<Result<Vec<_>, _>>()
                 };
-                let shared = Arc::new(batch::Shared {
-                    timeout: options.timeout,
-                    breaker: breaker.clone(),
-                    clock: server_clock.clone(),
-                });
-                Connection::Single(
-                    Queue::start(
-                        connect,
-                        options.calls_per_connection,
-                        options.own_thread,
-                        shared,
-                    )
-                    .map_err(bad)?,
-                )
+                Connection::Single(queue(Box::new(connect)).map_err(bad)?)
             }
             RedisTarget::Sentinel(target) => {
                 // The same coalescing queue as a single node; each call takes the master the
@@ -217,22 +220,9 @@ impl RedisStore {
                     timeout: options.timeout,
                 })
                 .map_err(|e| RedisConfigError(format!("{described}: {e}")))?;
-                let shared = Arc::new(batch::Shared {
-                    timeout: options.timeout,
-                    breaker: breaker.clone(),
-                    clock: server_clock.clone(),
-                });
                 let n = options.connections.max(1);
                 let connect = move || Ok(vec![Source::Sentinel(follower); n]);
-                Connection::Single(
-                    Queue::start(
-                        connect,
-                        options.calls_per_connection,
-                        options.own_thread,
-                        shared,
-                    )
-                    .map_err(bad)?,
-                )
+                Connection::Single(queue(Box::new(connect)).map_err(bad)?)
             }
             RedisTarget::Cluster(nodes) => {
                 let nodes: Vec<String> = nodes.iter().map(|n| url::with_scheme(n)).collect();
