@@ -41,6 +41,14 @@ pub fn start_upstream() -> u16 {
 pub fn serve_http(
     answer: impl Fn(&str) -> (&'static str, &'static str, String) + Send + Sync + 'static,
 ) -> u16 {
+    serve_http_with_body(move |head, _body| answer(head))
+}
+
+/// [`serve_http`] for a server that reads what is posted: `answer(request head, body)`
+/// (e.g. an OTLP/HTTP receiver).
+pub fn serve_http_with_body(
+    answer: impl Fn(&str, &[u8]) -> (&'static str, &'static str, String) + Send + Sync + 'static,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = listener.local_addr().expect("upstream address").port();
     let answer = std::sync::Arc::new(answer);
@@ -50,8 +58,8 @@ pub fn serve_http(
             std::thread::spawn(move || {
                 let mut reader = std::io::BufReader::new(stream);
                 // Keep-alive: Envoy pools connections, so answer requests until it closes.
-                while let Some(head) = read_request(&mut reader) {
-                    let (status, content_type, body) = answer(&head);
+                while let Some((head, body)) = read_request(&mut reader) {
+                    let (status, content_type, body) = answer(&head, &body);
                     let reply = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
@@ -66,8 +74,8 @@ pub fn serve_http(
     port
 }
 
-/// Reads one request (head, then a `content-length` body, which is discarded).
-fn read_request(reader: &mut std::io::BufReader<std::net::TcpStream>) -> Option<String> {
+/// Reads one request: its head, then its `content-length` body.
+fn read_request(reader: &mut std::io::BufReader<std::net::TcpStream>) -> Option<(String, Vec<u8>)> {
     use std::io::BufRead;
     let mut head = String::new();
     loop {
@@ -85,7 +93,7 @@ fn read_request(reader: &mut std::io::BufReader<std::net::TcpStream>) -> Option<
         .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    Some(head)
+    Some((head, body))
 }
 
 /// The value of header `name` (any case) in an HTTP head.

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integration_tests::envoy::serve_http_with_body;
 use integration_tests::pki::Ca;
 use integration_tests::redis::{RedisServer, free_port};
 use integration_tests::xds::{ManagementServer, ServerTls, limit};
@@ -26,12 +27,9 @@ use ironclad_rls::proto::RateLimitResponse;
 use ironclad_rls::proto::rate_limit_response::Code;
 use ironclad_rls::proto::rate_limit_service_client::RateLimitServiceClient;
 use ironclad_rls::proto::ratelimit::config::ratelimit::v3::RateLimitUnit;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -494,58 +492,19 @@ impl Spans {
     }
 }
 
-/// An OTLP/HTTP receiver: HTTP/1.1 POSTs with a content length, each answered 200 with an
-/// empty export response, on kept-alive connections.
-async fn receive_otlp_http(listener: tokio::net::TcpListener, spans: Spans) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let spans = spans.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 16384];
-            loop {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let length = head
-                        .lines()
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    let total = end + 4 + length;
-                    if buf.len() < total {
-                        break;
-                    }
-                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                    spans.add(&path, &buf[end + 4..total]);
-                    buf.drain(..total);
-                    let body = ExportTraceServiceResponse::default().encode_to_vec();
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if stream.write_all(reply.as_bytes()).await.is_err()
-                        || stream.write_all(&body).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_enabled_exports_the_callers_trace_as_ratelimit_over_otlp_http() {
     let spans = Spans::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(receive_otlp_http(listener, spans.clone()));
+    // An OTLP/HTTP receiver: each export answered 200 with an empty export response (which
+    // encodes to no bytes).
+    let port = serve_http_with_body({
+        let spans = spans.clone();
+        move |head, body| {
+            spans.add(head.split(' ').nth(1).unwrap_or_default(), body);
+            ("200 OK", "application/x-protobuf", String::new())
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
     // Only the reference's variables: the protocol (http) and the service name
     // (RateLimit) are its defaults. OTEL_BSP_SCHEDULE_DELAY is read by the SDK itself and

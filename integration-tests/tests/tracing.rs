@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integration_tests::envoy::serve_http_with_body;
 use integration_tests::redis::free_port;
 use integration_tests::{Rls, request, temp_file};
 use ironclad_rls::proto::rate_limit_response::Code;
@@ -18,7 +19,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMITS: &str = "domain: traced
 descriptors:
@@ -219,78 +219,25 @@ async fn grpc_export_joins_the_w3c_caller() {
     assert!(!span_status.message.is_empty());
 }
 
-/// A minimal OTLP/HTTP receiver: reads `POST /v1/traces` with a content-length body,
-/// decodes it, answers 200 with an empty protobuf response.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    received: Received,
-    paths: Arc<Mutex<Vec<String>>>,
-) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
-        };
-        let received = received.clone();
-        let paths = paths.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            loop {
-                let mut chunk = [0u8; 8192];
-                let Ok(n) = stream.read(&mut chunk).await else {
-                    return;
-                };
-                if n == 0 {
-                    return;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                // One request at a time per connection (keep-alive): parse when complete.
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + length {
-                        break;
-                    }
-                    let body = buf[end + 4..end + 4 + length].to_vec();
-                    buf.drain(..end + 4 + length);
-                    if let Some(path) = head.lines().next().and_then(|l| l.split(' ').nth(1)) {
-                        paths.lock().expect("lock").push(path.to_owned());
-                    }
-                    if let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
-                        received.add(req);
-                    }
-                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-                        reply.len()
-                    );
-                    if stream.write_all(head.as_bytes()).await.is_err()
-                        || stream.write_all(&reply).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_joins_b3_callers_and_follows_their_sampling() {
     let received = Received::default();
     let paths = Arc::new(Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve_http(listener, received.clone(), paths.clone()));
-    let (_dir, rls) = start_rls(&format!("http://{addr}"), "http");
+    // An OTLP/HTTP receiver: each export answered 200 with an empty export response (which
+    // encodes to no bytes).
+    let port = serve_http_with_body({
+        let (received, paths) = (received.clone(), paths.clone());
+        move |head, body| {
+            if let Some(path) = head.split(' ').nth(1) {
+                paths.lock().expect("lock").push(path.to_owned());
+            }
+            if let Ok(req) = ExportTraceServiceRequest::decode(body) {
+                received.add(req);
+            }
+            ("200 OK", "application/x-protobuf", String::new())
+        }
+    });
+    let (_dir, rls) = start_rls(&format!("http://127.0.0.1:{port}"), "http");
 
     // Unsampled first: exports keep order, so once the later spans arrived this one would
     // have too, had it been exported.
