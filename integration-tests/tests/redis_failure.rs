@@ -284,16 +284,24 @@ async fn none_counted(
     assert_eq!(resp.statuses[0].limit_remaining, 5);
 }
 
-#[tokio::test]
-async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
+/// A Redis (debug commands on), a service in front of it answering deny on failure, healthy
+/// first (the service learns the offset of Redis' clock from the replies) with every command
+/// logged; then Redis asleep for 3 s (`DEBUG SLEEP`, whose answer `sleeper` returns).
+struct Asleep {
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+    rls: Rls,
+    c: RateLimitServiceClient<Channel>,
+    sleeper: std::thread::JoinHandle<String>,
+}
+
+async fn asleep() -> Asleep {
     let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
     let (_dir, rls) = start(&redis.url(), &["--on-backend-error", "deny"]);
     let mut c = rls.client().await;
-    // Healthy first: the service learns the offset of Redis' clock from the replies.
     until_ok(&mut c, Duration::from_secs(10)).await;
     rls.wait_ready(Duration::from_secs(5));
     log_every_command(&redis);
-
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
         let out = std::process::Command::new("redis-cli")
@@ -305,6 +313,24 @@ async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
     integration_tests::eventually(Duration::from_secs(5), "Redis asleep", || {
         unresponsive(port).then_some(())
     });
+    Asleep {
+        redis,
+        _dir,
+        rls,
+        c,
+        sleeper,
+    }
+}
+
+#[tokio::test]
+async fn calls_answered_during_a_stall_are_never_counted_afterwards() {
+    let Asleep {
+        redis,
+        _dir,
+        rls: _rls,
+        mut c,
+        sleeper,
+    } = asleep().await;
     answered_during_the_stall(&mut c).await;
     assert_eq!(sleeper.join().unwrap().trim(), "OK", "DEBUG SLEEP ran");
     none_counted(&mut c, &redis, &[&redis]).await;
@@ -349,24 +375,13 @@ async fn calls_answered_while_a_cluster_node_stalls_are_never_counted_afterwards
 /// inside them has expired on the server's clock and none counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_expired_inside_a_coalesced_call_never_count() {
-    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
-    let (_dir, rls) = start(&redis.url(), &["--on-backend-error", "deny"]);
-    let mut c = rls.client().await;
-    until_ok(&mut c, Duration::from_secs(10)).await;
-    rls.wait_ready(Duration::from_secs(5));
-    log_every_command(&redis);
-
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "3"])
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    });
-    integration_tests::eventually(Duration::from_secs(5), "Redis asleep", || {
-        unresponsive(port).then_some(())
-    });
+    let Asleep {
+        redis,
+        _dir,
+        rls,
+        mut c,
+        sleeper,
+    } = asleep().await;
     let mut callers = Vec::new();
     for i in 0..64 {
         let mut c = rls.client().await;
