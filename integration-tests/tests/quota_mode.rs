@@ -169,20 +169,6 @@ async fn quota_mode_and_metadata_on_the_redis_store() {
         "2s",
     ]);
     scenario(&rls).await;
-}
-
-#[tokio::test]
-async fn dynamic_metadata_and_unlimited_on_the_redis_store() {
-    let redis = RedisServer::start();
-    let rls = Rls::start(&[
-        "--config",
-        &config(),
-        "--response-dynamic-metadata",
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout",
-        "2s",
-    ]);
     metadata_shape(&rls).await;
 }
 
