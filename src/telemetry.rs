@@ -199,11 +199,7 @@ impl DecisionSpan {
     /// Records what was decided and ends the span. `message` is the request's bytes, read
     /// here again only for the domain and the number of descriptors, so that the decision
     /// path stays as it is when tracing is off.
-    pub fn finish(
-        mut self,
-        message: &[u8],
-        answer: &Result<tonic::Response<RateLimitResponse>, tonic::Status>,
-    ) {
+    pub fn finish(mut self, message: &[u8], answer: &Result<RateLimitResponse, tonic::Status>) {
         if let Ok(req) = <RateLimitRequest as prost::Message>::decode(message) {
             self.span
                 .set_attribute(KeyValue::new("ratelimit.domain", req.domain));
@@ -214,8 +210,8 @@ impl DecisionSpan {
         }
         match answer {
             Ok(response) => {
-                let code = Code::try_from(response.get_ref().overall_code)
-                    .map_or("UNKNOWN", |c| c.as_str_name());
+                let code =
+                    Code::try_from(response.overall_code).map_or("UNKNOWN", |c| c.as_str_name());
                 self.span
                     .set_attribute(KeyValue::new("ratelimit.overall_code", code));
                 self.span
