@@ -17,11 +17,7 @@ use ironclad_rls::{app, compat_env, shutdown};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// The tokio defaults (one worker per core, event and global queue intervals of 61 and 31)
-// are kept: one worker, and both intervals at 127, measured no better within the noise of
-// this 2-core machine (README, Performance).
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let command = if compat_env::invoked_as_ratelimit(std::env::args_os().next().as_ref()) {
         Command::Ratelimit
     } else {
@@ -30,29 +26,67 @@ async fn main() -> ExitCode {
     match command {
         Command::Serve(args) => {
             settings::init_logging(args.log_format);
-            serve(args).await
+            serve(args)
         }
         Command::Ratelimit => match compat_env::from_process_env() {
             Ok(from_env) => {
                 settings::init_logging_at(from_env.args.log_format, &from_env.log_level);
                 compat_env::log_warnings(&from_env);
-                serve(from_env.args).await
+                serve(from_env.args)
             }
             Err(e) => {
                 eprintln!("ratelimit: {e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Validate(args) => validate::run(&args),
-        Command::Check(args) => check::run(&args).await,
-        Command::Bench(args) => bench::run(&args).await,
-        Command::Render(target) => render::run(&target),
-        Command::Top(args) => top::run(&args).await,
-        Command::Explain(args) => explain::run(&args).await,
+        Command::Validate(args) => on_runtime(async move { validate::run(&args) }),
+        Command::Check(args) => on_runtime(async move { check::run(&args).await }),
+        Command::Bench(args) => on_runtime(async move { bench::run(&args).await }),
+        Command::Render(target) => on_runtime(async move { render::run(&target) }),
+        Command::Top(args) => on_runtime(async move { top::run(&args).await }),
+        Command::Explain(args) => on_runtime(async move { explain::run(&args).await }),
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+/// Runs a command on the default runtime.
+fn on_runtime(command: impl Future<Output = ExitCode>) -> ExitCode {
+    match runtime(None) {
+        Ok(rt) => rt.block_on(command),
+        Err(code) => code,
+    }
+}
+
+/// The multi-threaded runtime, with `workers` threads (else one per core, or
+/// `TOKIO_WORKER_THREADS`). The event and global queue intervals stay tokio's: 127 for both
+/// measured no better within the noise of a 2-core machine (README, Performance).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.build().map_err(|e| {
+        eprintln!("ironclad-rls: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Serves on a runtime sized by `--worker-threads` (`ServeArgs::runtime_workers`), unless
+/// `TOKIO_WORKER_THREADS` says otherwise.
+fn serve(args: ServeArgs) -> ExitCode {
+    let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        Some(_) if args.worker_threads == 0 => None,
+        _ => {
+            Some(args.runtime_workers(std::thread::available_parallelism().map_or(1, |n| n.get())))
+        }
+    };
+    match runtime(workers) {
+        Ok(rt) => rt.block_on(serve_on(args)),
+        Err(code) => code,
+    }
+}
+
+async fn serve_on(args: ServeArgs) -> ExitCode {
     match app::run(args, shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -193,9 +193,13 @@ impl RedisStore {
                 } else {
                     Client::open(info).map_err(bad)?
                 };
+                // The call's own deadline (batch.rs) answers the requests; the client's is
+                // only there to free the slot of a reply that never comes. Set to the same
+                // value, the two raced, and a call past it failed as "unavailable" half the
+                // time instead of "timeout".
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.timeout.max(Duration::from_millis(250))))
-                    .set_response_timeout(Some(options.timeout))
+                    .set_response_timeout(Some(options.timeout * 2))
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(200));
