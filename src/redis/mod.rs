@@ -163,7 +163,7 @@ impl RedisStore {
             client_tls: None,
             root_cert: options.ca_pem.clone(),
         };
-        let breaker = Arc::new(Breaker::default());
+        let breaker = Arc::new(Breaker::new(options.timeout));
         let server_clock = Arc::new(ServerClock::new(options.timeout));
         // A single node and a Sentinel's master share the coalescing queue; only where each
         // call's connection comes from differs.
