@@ -103,9 +103,9 @@ local sname, sorig, scount, sreset, sidx, nstates = nil, nil, nil, nil, nil, 0
 
 -- Scratch of the fast path, reused by every request (never a table per request): rc[j] is
 -- window j's count within the request, valid where rgen[j] is the request's number (qc and
--- qgen the same for the blocked request's quota counters); B, A, O a counter's before,
--- after and over. Numbers only grow, across calls too, so nothing stale ever matches.
-local rc, rgen, qc, qgen, B, A, O = {}, {}, {}, {}, {}, {}, {}
+-- qgen the same for the blocked request's quota counters); O[i] counter i's verdict.
+-- Request numbers only grow, across calls too, so nothing stale ever matches.
+local rc, rgen, qc, qgen, O = {}, {}, {}, {}, {}
 local request_no = 0
 
 -- Window j for the fixed window `name` of `win` ms, read from Redis if the call has not yet.
@@ -500,16 +500,66 @@ end
 
 -- The fast path: a request of fixed windows only (the common case). The steps of run()
 -- with fixed.decide inlined on the call's arrays and the scratch above: no table, no
--- string, no tonumber per request. Its answers are the general path's, to the letter (the
--- differential test holds both to the memory store's).
+-- string, no tonumber per request, and the committed request's reply written as it is
+-- decided. Its answers are the general path's, to the letter (the differential test holds
+-- both to the memory store's).
+
+-- fixed.decide on a count: over, and the count after.
+local function add(c, hits, limit, negative)
+  if negative then
+    local after = c - hits
+    if after < 0 then after = 0 end
+    return false, after
+  end
+  -- A shadow-mode count goes past its limit; it stops at 2^53, where doubles stay exact.
+  local after = c + hits
+  if after > MAX_EXACT then after = MAX_EXACT end
+  return limit == 0 or c + hits > limit, after
+end
+
+-- A blocked request of fixed windows (or a dry run), its first pass done (O[i]: each
+-- counter's verdict). Quota counters count anyway (not on a dry run), decided again alone,
+-- in order, from the counts as stored; the others report the count as stored.
+local function blocked_fixed(out, o, p, count_quotas)
+  local n, js, sps = p.n, p.js, p.sps
+  request_no = request_no + 1
+  local rq = request_no
+  out[o + 1] = 0
+  local k = o + 1
+  for i = 1, n do
+    local j, sp = js[i], sps[i]
+    local before, after, over = scount[j], scount[j], O[i]
+    if count_quotas and sp.quota then
+      if qgen[j] == rq then before = qc[j] else qgen[j] = rq end
+      over, after = add(before, sp.hits, sp.limit, sp.negative)
+      qc[j] = after
+    end
+    local remaining = sp.limit - after
+    if remaining < 0 then remaining = 0 end
+    out[k + 1], out[k + 2], out[k + 3] = before, after, over and 1 or 0
+    out[k + 4], out[k + 5] = sreset[j], remaining
+    k = k + 5
+  end
+  -- Written once all are decided: the others above read the counts as stored.
+  if count_quotas then
+    for i = 1, n do
+      if sps[i].quota then
+        local j = js[i]
+        scount[j] = qc[j]
+      end
+    end
+  end
+  return k
+end
+
+-- Any number of fixed windows. Counters of one window see each other's hits (rc, rgen).
 local function run_fixed(out, o, p)
-  local n = p.n
+  local n, js, sps = p.n, p.js, p.sps
   request_no = request_no + 1
   local rq = request_no
   local over_rule, quotas, quotas_over = false, 0, 0
   for i = 1, n do
-    local e = p[i]
-    local sp, j = espec[e], estate[e]
+    local j, sp = js[i], sps[i]
     local c
     if rgen[j] == rq then c = rc[j] else c = scount[j]; rgen[j] = rq end
     local hits, limit = sp.hits, sp.limit
@@ -524,7 +574,10 @@ local function run_fixed(out, o, p)
       if after > MAX_EXACT then after = MAX_EXACT end
     end
     rc[j] = after
-    B[i], A[i], O[i] = c, after, over
+    -- The committed reply: each counter's `before` after the status (blocked_fixed
+    -- writes over it otherwise).
+    out[o + 1 + i] = c
+    O[i] = over
     if sp.quota then
       quotas = quotas + 1
       if over and sp.enforce then quotas_over = quotas_over + 1 end
@@ -532,90 +585,76 @@ local function run_fixed(out, o, p)
       over_rule = true
     end
   end
-  local dry = p.mode ~= '0'
-  if not (dry or over_rule or (quotas > 0 and quotas_over == quotas)) then
-    -- Committed: each window's count as the request left it; each counter's `before`.
-    o = o + 1
-    out[o] = 1
-    for i = 1, n do
-      local j = estate[p[i]]
-      scount[j] = rc[j]
-      out[o + i] = B[i]
-    end
-    return o + n
+  if p.dry or over_rule or (quotas > 0 and quotas_over == quotas) then
+    return blocked_fixed(out, o, p, quotas > 0 and not p.dry)
   end
-  -- Blocked. Quota counters count anyway (not on a dry run), decided again alone, in
-  -- order, from the counts as stored; the others report the count as stored.
-  if quotas > 0 and not dry then
-    for i = 1, n do
-      local e = p[i]
-      local sp, j = espec[e], estate[e]
-      if sp.quota then
-        local c
-        if qgen[j] == rq then c = qc[j] else c = scount[j]; qgen[j] = rq end
-        local hits, limit = sp.hits, sp.limit
-        local over, after
-        if sp.negative then
-          over = false
-          after = c - hits
-          if after < 0 then after = 0 end
-        else
-          over = limit == 0 or c + hits > limit
-          after = c + hits
-          if after > MAX_EXACT then after = MAX_EXACT end
-        end
-        qc[j] = after
-        B[i], A[i], O[i] = c, after, over
-      else
-        B[i], A[i] = scount[j], scount[j]
-      end
-    end
-    -- Written once all are decided: the others above read the counts as stored.
-    for i = 1, n do
-      local e = p[i]
-      if espec[e].quota then
-        local j = estate[e]
-        scount[j] = qc[j]
-      end
-    end
-  else
-    for i = 1, n do
-      local c = scount[estate[p[i]]]
-      B[i], A[i] = c, c
-    end
-  end
-  o = o + 1
-  out[o] = 0
+  out[o + 1] = 1
   for i = 1, n do
-    local e = p[i]
-    local remaining = espec[e].limit - A[i]
-    if remaining < 0 then remaining = 0 end
-    out[o + 1], out[o + 2], out[o + 3] = B[i], A[i], O[i] and 1 or 0
-    out[o + 4], out[o + 5] = sreset[estate[e]], remaining
-    o = o + 5
+    local j = js[i]
+    scount[j] = rc[j]
   end
-  return o
+  return o + 1 + n
+end
+
+-- One fixed window (the commonest request): blocked exactly when it is over and enforces
+-- (a quota counter alone is all the request's quota counters), or on a dry run.
+local function run_one(out, o, p)
+  local j, hits, limit = p.j, p.hits, p.limit
+  local c = scount[j]
+  local over, after
+  if p.negative then
+    over = false
+    after = c - hits
+    if after < 0 then after = 0 end
+  else
+    over = limit == 0 or c + hits > limit
+    after = c + hits
+    if after > MAX_EXACT then after = MAX_EXACT end
+  end
+  if p.dry or (over and p.enforce) then
+    O[1] = over
+    return blocked_fixed(out, o, p, not p.dry)
+  end
+  scount[j] = after
+  out[o + 1], out[o + 2] = 1, c
+  return o + 2
 end
 
 -- The call ----------------------------------------------------------------------------
 
--- A request's shape "<mode>,<i>,<j>...", parsed: {mode = ..., n = ..., fixed = only fixed
--- windows, [1] = i, [2] = j, ...}; `plans` keeps them for the call (requests of one consumer
--- share theirs).
+-- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, [1] = i,
+-- [2] = j, ..., run = the path it takes}, with what that path reads prepared (a fixed
+-- window's state and spec per counter); `plans` keeps them for the call (requests of one
+-- consumer share theirs).
 local function shape(plans, s)
-  local p = {mode = string.sub(s, 1, 1), fixed = true}
-  local n, pos, len = 0, 2, #s
+  local mode = string.sub(s, 1, 1)
+  local p = {mode = mode, dry = mode ~= '0'}
+  local fixed_only, n, pos, len = true, 0, 2, #s
   while pos < len do
     local comma = string.find(s, ',', pos + 1, true)
     local i = tonumber(string.sub(s, pos + 1, (comma or 0) - 1))
     if not i or not espec[i] then error('check_and_count: a bad request shape: ' .. s) end
     n = n + 1
     p[n] = i
-    if espec[i].algorithm ~= 'f' then p.fixed = false end
+    if espec[i].algorithm ~= 'f' then fixed_only = false end
     if not comma then break end
     pos = comma
   end
   p.n = n
+  if not fixed_only then
+    p.run = run_general
+  else
+    local js, sps = {}, {}
+    for i = 1, n do js[i], sps[i] = estate[p[i]], espec[p[i]] end
+    p.js, p.sps = js, sps
+    if n == 1 then
+      local sp = sps[1]
+      p.j, p.hits, p.limit, p.negative, p.enforce = js[1], sp.hits, sp.limit, sp.negative, sp.enforce
+      p.run = run_one
+    else
+      p.run = run_fixed
+    end
+  end
   plans[s] = p
   return p
 end
@@ -677,7 +716,7 @@ local function check_and_count(keys, args)
       out[o] = 2
     else
       if p.mode == '2' then redis.call('SET', keys[E + 1], '', 'XX') end
-      if p.fixed then o = run_fixed(out, o, p) else o = run_general(out, o, p) end
+      o = p.run(out, o, p)
     end
   end
   flush()
