@@ -93,13 +93,16 @@ local function digits(n)
   return s
 end
 
--- The call's state, set up by check_and_count. Per counter i: espec[i] its spec, estate[i]
--- its fixed window's index (fixed windows only), ctab[i] its table for the general path
--- (made on first use). Per fixed window j (counters of one key and window share it):
--- sname[j], sorig[j] its count in Redis, scount[j] its count after the requests so far,
--- sreset[j] the ms until it ends; sidx maps a name to its j.
-local keys_, espec, estate, ctab = nil, nil, nil, nil
-local sname, sorig, scount, sreset, sidx, nstates = nil, nil, nil, nil, nil, 0
+-- The call's state, set up by check_and_count: ncounters counters, nstates fixed windows.
+-- Per counter i: espec[i] its spec, estate[i] its fixed window's index (fixed windows
+-- only), ctab[i] its table for the general path (made on first use). Per fixed window j
+-- (counters of one key and window share it): sname[j], sorig[j] its count in Redis,
+-- scount[j] its count after the requests so far, sreset[j] the ms until it ends; sidx maps
+-- a name to its j. The arrays are kept from call to call (each table made costs, and so
+-- does the garbage collection of it): a call writes positions 1..ncounters and 1..nstates
+-- before it reads them, and never reads past them.
+local espec, estate, sname, sorig, scount, sreset = {}, {}, {}, {}, {}, {}
+local keys_, ctab, sidx, ncounters, nstates = nil, nil, nil, 0, 0
 
 -- Scratch of the fast path, reused by every request (never a table per request): rc[j] is
 -- window j's count within the request, valid where rgen[j] is the request's number (qc and
@@ -467,6 +470,7 @@ end
 
 -- Counter i as the general path reads it (a table of its own: run() notes its slot on it).
 local function counter(i)
+  if not ctab then ctab = {} end
   local c = ctab[i]
   if c then return c end
   local sp = espec[i]
@@ -481,7 +485,7 @@ end
 -- out[o]; returns the new end.
 local function run_general(out, o, p)
   local counters = {}
-  for i = 1, p.n do counters[i] = counter(p[i]) end
+  for i = 1, p.n do counters[i] = counter(p.ids[i]) end
   local status, states = run(p.mode, counters)
   o = o + 1
   out[o] = status
@@ -622,37 +626,40 @@ end
 
 -- The call ----------------------------------------------------------------------------
 
--- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, [1] = i,
--- [2] = j, ..., run = the path it takes}, with what that path reads prepared (a fixed
--- window's state and spec per counter); `plans` keeps them for the call (requests of one
--- consumer share theirs).
+-- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, run = the
+-- path it takes, and what that path reads: ids = {i, j, ...} for the general path; for
+-- fixed windows js and sps, each counter's window and spec, and for one counter its fields
+-- as well}; `plans` keeps them for the call (requests of one consumer share theirs).
 local function shape(plans, s)
   local mode = string.sub(s, 1, 1)
-  local p = {mode = mode, dry = mode ~= '0'}
-  local fixed_only, n, pos, len = true, 0, 2, #s
+  local dry = mode ~= '0'
+  local ids, n, pos, len, fixed_only = {}, 0, 2, #s, true
   while pos < len do
     local comma = string.find(s, ',', pos + 1, true)
     local i = tonumber(string.sub(s, pos + 1, (comma or 0) - 1))
-    if not i or not espec[i] then error('check_and_count: a bad request shape: ' .. s) end
+    if not i or i < 1 or i > ncounters or i % 1 ~= 0 then
+      error('check_and_count: a bad request shape: ' .. s)
+    end
     n = n + 1
-    p[n] = i
+    ids[n] = i
     if espec[i].algorithm ~= 'f' then fixed_only = false end
     if not comma then break end
     pos = comma
   end
-  p.n = n
+  -- Each plan made whole by one constructor: a table that grows field by field is
+  -- rebuilt at every power of two.
+  local p
   if not fixed_only then
-    p.run = run_general
+    p = {mode = mode, dry = dry, n = n, run = run_general, ids = ids}
   else
     local js, sps = {}, {}
-    for i = 1, n do js[i], sps[i] = estate[p[i]], espec[p[i]] end
-    p.js, p.sps = js, sps
+    for k = 1, n do js[k], sps[k] = estate[ids[k]], espec[ids[k]] end
     if n == 1 then
       local sp = sps[1]
-      p.j, p.hits, p.limit, p.negative, p.enforce = js[1], sp.hits, sp.limit, sp.negative, sp.enforce
-      p.run = run_one
+      p = {mode = mode, dry = dry, n = 1, run = run_one, js = js, sps = sps, j = js[1],
+           hits = sp.hits, limit = sp.limit, negative = sp.negative, enforce = sp.enforce}
     else
-      p.run = run_fixed
+      p = {mode = mode, dry = dry, n = n, run = run_fixed, js = js, sps = sps}
     end
   end
   plans[s] = p
@@ -665,8 +672,7 @@ local function check_and_count(keys, args)
   -- The call's state (library state outlives a call: nothing of the last one is kept, even
   -- if it stopped on an error).
   local E = tonumber(args[1])
-  keys_, espec, estate, ctab = keys, {}, {}, {}
-  sname, sorig, scount, sreset, sidx, nstates = {}, {}, {}, {}, {}, 0
+  keys_, ctab, sidx, ncounters, nstates = keys, nil, {}, E, 0
   -- Each counter's spec and, for a fixed window, its window's name; then every window read
   -- in one MGET (in slices: unpack has a bound).
   local starts = {}
