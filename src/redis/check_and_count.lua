@@ -600,36 +600,13 @@ local function run_fixed(out, o, p)
   return o + 1 + n
 end
 
--- One fixed window (the commonest request): blocked exactly when it is over and enforces
--- (a quota counter alone is all the request's quota counters), or on a dry run.
-local function run_one(out, o, p)
-  local j, hits, limit = p.j, p.hits, p.limit
-  local c = scount[j]
-  local over, after
-  if p.negative then
-    over = false
-    after = c - hits
-    if after < 0 then after = 0 end
-  else
-    over = limit == 0 or c + hits > limit
-    after = c + hits
-    if after > MAX_EXACT then after = MAX_EXACT end
-  end
-  if p.dry or (over and p.enforce) then
-    O[1] = over
-    return blocked_fixed(out, o, p, not p.dry)
-  end
-  scount[j] = after
-  out[o + 1], out[o + 2] = 1, c
-  return o + 2
-end
-
 -- The call ----------------------------------------------------------------------------
 
 -- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, run = the
 -- path it takes, and what that path reads: ids = {i, j, ...} for the general path; for
--- fixed windows js and sps, each counter's window and spec, and for one counter its fields
--- as well}; `plans` keeps them for the call (requests of one consumer share theirs).
+-- fixed windows js and sps, each counter's window and spec, and for one counter counted
+-- (one) its fields as well}; `plans` keeps them for the call (requests of one consumer
+-- share theirs).
 local function shape(plans, s)
   local mode = string.sub(s, 1, 1)
   local dry = mode ~= '0'
@@ -654,10 +631,12 @@ local function shape(plans, s)
   else
     local js, sps = {}, {}
     for k = 1, n do js[k], sps[k] = estate[ids[k]], espec[ids[k]] end
-    if n == 1 then
+    if n == 1 and not dry then
+      -- Counted in the call's loop itself (the commonest request).
       local sp = sps[1]
-      p = {mode = mode, dry = dry, n = 1, run = run_one, js = js, sps = sps, j = js[1],
-           hits = sp.hits, limit = sp.limit, negative = sp.negative, enforce = sp.enforce}
+      p = {mode = mode, dry = dry, n = 1, run = run_fixed, one = true, js = js, sps = sps,
+           j = js[1], hits = sp.hits, limit = sp.limit, negative = sp.negative,
+           enforce = sp.enforce}
     else
       p = {mode = mode, dry = dry, n = n, run = run_fixed, js = js, sps = sps}
     end
@@ -712,14 +691,39 @@ local function check_and_count(keys, args)
     local s, d = args[a + 1], args[a + 2]
     a = a + 2
     local p = plans[s] or shape(plans, s)
-    local deadline = deadlines[d]
-    if not deadline then
-      deadline = tonumber(d)
-      deadlines[d] = deadline
+    local late = deadlines[d]
+    if late == nil then
+      local deadline = tonumber(d)
+      late = deadline > 0 and now >= deadline
+      deadlines[d] = late
     end
-    if deadline > 0 and now >= deadline then
+    if late then
       o = o + 1
       out[o] = 2
+    elseif p.one then
+      -- One fixed window, counted: run_fixed inlined, as this request is the commonest. It
+      -- is blocked exactly when it is over and enforces (a quota counter alone is all the
+      -- request's quota counters).
+      local j, hits, limit = p.j, p.hits, p.limit
+      local c = scount[j]
+      local over, after
+      if p.negative then
+        over = false
+        after = c - hits
+        if after < 0 then after = 0 end
+      else
+        over = limit == 0 or c + hits > limit
+        after = c + hits
+        if after > MAX_EXACT then after = MAX_EXACT end
+      end
+      if over and p.enforce then
+        O[1] = over
+        o = blocked_fixed(out, o, p, true)
+      else
+        scount[j] = after
+        out[o + 1], out[o + 2] = 1, c
+        o = o + 2
+      end
     else
       if p.mode == '2' then redis.call('SET', keys[E + 1], '', 'XX') end
       o = p.run(out, o, p)
