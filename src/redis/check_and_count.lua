@@ -97,12 +97,19 @@ end
 -- Per counter i: espec[i] its spec, estate[i] its fixed window's index (fixed windows
 -- only), ctab[i] its table for the general path (made on first use). Per fixed window j
 -- (counters of one key and window share it): sname[j], sorig[j] its count in Redis,
--- scount[j] its count after the requests so far, sreset[j] the ms until it ends; sidx maps
--- a name to its j. The arrays are kept from call to call (each table made costs, and so
--- does the garbage collection of it): a call writes positions 1..ncounters and 1..nstates
--- before it reads them, and never reads past them.
+-- scount[j] its count after the requests so far, sreset[j] the ms until it ends. The
+-- arrays are kept from call to call (each table made costs, and so does the garbage
+-- collection of it): a call writes positions 1..ncounters and 1..nstates before it reads
+-- them, and never reads past them.
 local espec, estate, sname, sorig, scount, sreset = {}, {}, {}, {}, {}, {}
-local keys_, ctab, sidx, ncounters, nstates = nil, nil, nil, 0, 0
+local keys_, ctab, ncounters, nstates, call_no = nil, nil, 0, 0, 0
+
+-- Fixed windows' names, kept from call to call: NAMES[key][window ms] = {start = its
+-- start, name = its name, call = the last call that used it, j = its index there}. A
+-- name is a string built (concatenation, string.format) for each counter of each call
+-- otherwise; here once per key and window. Bounded: emptied, when a call starts, past
+-- NAMES_MAX keys (keys come from requests).
+local NAMES, names_count, NAMES_MAX = {}, 0, 8192
 
 -- Scratch of the fast path, reused by every request (never a table per request): rc[j] is
 -- window j's count within the request, valid where rgen[j] is the request's number (qc and
@@ -111,16 +118,33 @@ local keys_, ctab, sidx, ncounters, nstates = nil, nil, nil, 0, 0
 local rc, rgen, qc, qgen, O = {}, {}, {}, {}, {}
 local request_no = 0
 
--- Window j for the fixed window `name` of `win` ms, read from Redis if the call has not yet.
-local function window(name, win)
-  local j = sidx[name]
-  if j then return j end
-  j = nstates + 1
-  nstates = j
-  sidx[name], sname[j], sreset[j] = j, name, win - (now % win)
-  local n = tonumber(redis.call('GET', name) or '0')
-  sorig[j], scount[j] = n, n
-  return j
+-- Counter i's fixed window: its index j in the call, a new one if no counter before it
+-- in the call has the same key and window.
+local function window(key, sp)
+  local per = NAMES[key]
+  if not per then
+    per = {}
+    NAMES[key] = per
+    names_count = names_count + 1
+  end
+  local win = sp.win
+  local start = now - (now % win)
+  local w = per[win]
+  if not w then
+    w = {start = -1, name = '', call = 0, j = 0}
+    per[win] = w
+  end
+  if w.start ~= start then
+    -- fixed.name, with the window's digits as sent.
+    w.start, w.name = start, key .. ':' .. sp.winstr .. ':' .. fmt(start)
+  end
+  if w.call ~= call_no then
+    local j = nstates + 1
+    nstates = j
+    w.call, w.j = call_no, j
+    sname[j], sreset[j] = w.name, win - (now % win)
+  end
+  return w.j
 end
 
 -- Writes every fixed window the call changed, once: a new one with its expiry (SET ... PX,
@@ -162,14 +186,15 @@ local function blocked_report(decided, stored)
 end
 
 -- Fixed window ------------------------------------------------------------------------
--- Its count lives in the call's arrays (window()); commit writes it there, flush() to Redis.
+-- Its count lives in the call's arrays (window(); a counter of the general path carries
+-- its index, c.j); commit writes it there, flush() to Redis.
 
 function fixed.slot(c)
-  return fixed.name(c.key, c.win, now)
+  return sname[c.j]
 end
 
-function fixed.load(c, name)
-  local j = window(name, c.win)
+function fixed.load(c)
+  local j = c.j
   return {j = j, count = scount[j], reset = sreset[j]}
 end
 
@@ -476,7 +501,7 @@ local function counter(i)
   local sp = espec[i]
   c = {key = keys_[i], algorithm = sp.algorithm, win = sp.win, limit = sp.limit,
        hits = sp.hits, negative = sp.negative, enforce = sp.enforce,
-       capacity = sp.capacity, quota = sp.quota}
+       capacity = sp.capacity, quota = sp.quota, j = estate[i]}
   ctab[i] = c
   return c
 end
@@ -600,6 +625,42 @@ local function run_fixed(out, o, p)
   return o + 1 + n
 end
 
+-- The common request of several fixed windows: counted, each counter on a window of its
+-- own, none in quota mode. Then a counter's count is its window's (no other counter of the
+-- request moves it first), and the request is blocked exactly when one of them is over
+-- and enforces.
+local function run_plain(out, o, p)
+  local n, js, sps = p.n, p.js, p.sps
+  local blocked = false
+  for i = 1, n do
+    local sp = sps[i]
+    local c, hits = scount[js[i]], sp.hits
+    local after
+    if sp.negative then
+      after = c - hits
+      if after < 0 then after = 0 end
+    else
+      local limit = sp.limit
+      after = c + hits
+      if after > MAX_EXACT then after = MAX_EXACT end
+      if (limit == 0 or c + hits > limit) and sp.enforce then blocked = true end
+    end
+    out[o + 1 + i] = c
+    rc[i] = after
+  end
+  if blocked then
+    -- Each counter's verdict for blocked_fixed, from the counts still as stored.
+    for i = 1, n do
+      local sp = sps[i]
+      O[i] = (not sp.negative) and (sp.limit == 0 or scount[js[i]] + sp.hits > sp.limit)
+    end
+    return blocked_fixed(out, o, p, false)
+  end
+  out[o + 1] = 1
+  for i = 1, n do scount[js[i]] = rc[i] end
+  return o + 1 + n
+end
+
 -- The call ----------------------------------------------------------------------------
 
 -- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, run = the
@@ -638,7 +699,12 @@ local function shape(plans, s)
            j = js[1], hits = sp.hits, limit = sp.limit, negative = sp.negative,
            enforce = sp.enforce}
     else
-      p = {mode = mode, dry = dry, n = n, run = run_fixed, js = js, sps = sps}
+      local run, seen = run_plain, {}
+      for k = 1, n do
+        if dry or sps[k].quota or seen[js[k]] then run = run_fixed end
+        seen[js[k]] = true
+      end
+      p = {mode = mode, dry = dry, n = n, run = run, js = js, sps = sps}
     end
   end
   plans[s] = p
@@ -651,30 +717,15 @@ local function check_and_count(keys, args)
   -- The call's state (library state outlives a call: nothing of the last one is kept, even
   -- if it stopped on an error).
   local E = tonumber(args[1])
-  keys_, ctab, sidx, ncounters, nstates = keys, nil, {}, E, 0
-  -- Each counter's spec and, for a fixed window, its window's name; then every window read
-  -- in one MGET (in slices: unpack has a bound).
-  local starts = {}
+  call_no = call_no + 1
+  keys_, ctab, ncounters, nstates = keys, nil, E, 0
+  if names_count > NAMES_MAX then NAMES, names_count = {}, 0 end
+  -- Each counter's spec and, for a fixed window, its window; then every window read in one
+  -- MGET (in slices: unpack has a bound).
   for i = 1, E do
     local sp = spec(args[1 + i])
     espec[i] = sp
-    if sp.algorithm == 'f' then
-      local win = sp.win
-      local start = starts[win]
-      if not start then
-        start = fmt(now - (now % win))
-        starts[win] = start
-      end
-      -- fixed.name, with the window's digits as sent.
-      local name = keys[i] .. ':' .. sp.winstr .. ':' .. start
-      local j = sidx[name]
-      if not j then
-        j = nstates + 1
-        nstates = j
-        sidx[name], sname[j], sreset[j] = j, name, win - (now % win)
-      end
-      estate[i] = j
-    end
+    if sp.algorithm == 'f' then estate[i] = window(keys[i], sp) end
   end
   for from = 1, nstates, 512 do
     local to = math.min(nstates, from + 511)
