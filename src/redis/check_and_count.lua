@@ -663,49 +663,66 @@ end
 
 -- The call ----------------------------------------------------------------------------
 
--- A request's shape "<mode>,<i>,<j>...", parsed into its plan: {mode, dry, n, run = the
--- path it takes, and what that path reads: ids = {i, j, ...} for the general path; for
--- fixed windows js and sps, each counter's window and spec, and for one counter counted
--- (one) its fields as well}; `plans` keeps them for the call (requests of one consumer
--- share theirs).
-local function shape(plans, s)
+-- A request's shape "<mode>,<i>,<j>...", parsed: {mode, dry, n, [1] = i, [2] = j, ...}.
+-- Pure, so kept from call to call (parsing one is a few string operations and a tonumber
+-- per counter: as much as deciding several requests), bounded as SPECS is.
+local SHAPES, shape_count, SHAPES_MAX = {}, 0, 4096
+
+local function parse(s)
   local mode = string.sub(s, 1, 1)
-  local dry = mode ~= '0'
-  local ids, n, pos, len, fixed_only = {}, 0, 2, #s, true
+  local t = {mode = mode, dry = mode ~= '0', n = 0}
+  local n, pos, len = 0, 2, #s
   while pos < len do
     local comma = string.find(s, ',', pos + 1, true)
     local i = tonumber(string.sub(s, pos + 1, (comma or 0) - 1))
-    if not i or i < 1 or i > ncounters or i % 1 ~= 0 then
-      error('check_and_count: a bad request shape: ' .. s)
-    end
+    if not i or i < 1 or i % 1 ~= 0 then error('check_and_count: a bad request shape: ' .. s) end
     n = n + 1
-    ids[n] = i
-    if espec[i].algorithm ~= 'f' then fixed_only = false end
+    t[n] = i
     if not comma then break end
     pos = comma
   end
-  -- Each plan made whole by one constructor: a table that grows field by field is
-  -- rebuilt at every power of two.
+  t.n = n
+  if shape_count >= SHAPES_MAX then SHAPES, shape_count = {}, 0 end
+  SHAPES[s], shape_count = t, shape_count + 1
+  return t
+end
+
+-- A request's plan for this call: {mode, dry, n, run = the path it takes, and what that
+-- path reads: ids (the shape) for the general path; for fixed windows js and sps, each
+-- counter's window and spec; for one fixed window counted (one), its window and spec's
+-- fields alone}. `plans` keeps them for the call (requests of one consumer share theirs).
+-- Each made whole by one constructor: a table that grows field by field is rebuilt at
+-- every power of two.
+local function plan(plans, s)
+  local t = SHAPES[s] or parse(s)
+  local n, fixed_only = t.n, true
+  for k = 1, n do
+    local i = t[k]
+    if i > ncounters then error('check_and_count: a bad request shape: ' .. s) end
+    if espec[i].algorithm ~= 'f' then fixed_only = false end
+  end
   local p
   if not fixed_only then
-    p = {mode = mode, dry = dry, n = n, run = run_general, ids = ids}
+    p = {mode = t.mode, dry = t.dry, n = n, run = run_general, ids = t}
+  elseif n == 1 and not t.dry then
+    -- Decided in the call's loop itself (the commonest request).
+    local i = t[1]
+    local sp = espec[i]
+    p = {mode = t.mode, one = true, j = estate[i], hits = sp.hits, limit = sp.limit,
+         negative = sp.negative, enforce = sp.enforce, quota = sp.quota}
   else
     local js, sps = {}, {}
-    for k = 1, n do js[k], sps[k] = estate[ids[k]], espec[ids[k]] end
-    if n == 1 and not dry then
-      -- Counted in the call's loop itself (the commonest request).
-      local sp = sps[1]
-      p = {mode = mode, dry = dry, n = 1, run = run_fixed, one = true, js = js, sps = sps,
-           j = js[1], hits = sp.hits, limit = sp.limit, negative = sp.negative,
-           enforce = sp.enforce}
-    else
-      local run, seen = run_plain, {}
-      for k = 1, n do
-        if dry or sps[k].quota or seen[js[k]] then run = run_fixed end
-        seen[js[k]] = true
+    local run = run_plain
+    for k = 1, n do
+      local j = estate[t[k]]
+      js[k], sps[k] = j, espec[t[k]]
+      if t.dry or sps[k].quota then run = run_fixed end
+      -- Two counters on one window: each sees the other's hits (run_fixed).
+      for m = 1, k - 1 do
+        if js[m] == j then run = run_fixed end
       end
-      p = {mode = mode, dry = dry, n = n, run = run, js = js, sps = sps}
     end
+    p = {mode = t.mode, dry = t.dry, n = n, run = run, js = js, sps = sps}
   end
   plans[s] = p
   return p
@@ -741,7 +758,7 @@ local function check_and_count(keys, args)
   while a < nargs do
     local s, d = args[a + 1], args[a + 2]
     a = a + 2
-    local p = plans[s] or shape(plans, s)
+    local p = plans[s] or plan(plans, s)
     local late = deadlines[d]
     if late == nil then
       local deadline = tonumber(d)
@@ -768,8 +785,13 @@ local function check_and_count(keys, args)
         if after > MAX_EXACT then after = MAX_EXACT end
       end
       if over and p.enforce then
-        O[1] = over
-        o = blocked_fixed(out, o, p, true)
+        -- Blocked; a quota counter counts anyway.
+        if p.quota then scount[j] = after else after = c end
+        local remaining = limit - after
+        if remaining < 0 then remaining = 0 end
+        out[o + 1], out[o + 2], out[o + 3] = 0, c, after
+        out[o + 4], out[o + 5], out[o + 6] = 1, sreset[j], remaining
+        o = o + 6
       else
         scount[j] = after
         out[o + 1], out[o + 2] = 1, c
