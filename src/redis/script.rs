@@ -2,9 +2,10 @@
 //! (`common.lua` + `check_and_count.lua`, loaded once with FUNCTION LOAD, called by FCALL:
 //! the helpers are defined once per load, not once per call); on a Redis Cluster, scripts
 //! (EVALSHA of the same text, plus `give_back.lua`, the undo). How requests become the code's
-//! keys and args ([`Encoded`], one record per request: a call carries one or a coalesced
-//! batch of them), and how a reply becomes one [`Reply`] per request. The field order here is
-//! the one the code's `decode()` reads.
+//! keys and args ([`Encoded`], one record per request; a call carries one or a coalesced
+//! batch of them, each counter listed once, the layout `check_and_count.lua`'s header
+//! documents and its `spec()` and `parse()` read), and how a reply becomes one [`Reply`] per
+//! request ([`parse_reply`], then [`complete`]).
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -192,7 +193,8 @@ pub fn encode(prefix: &str, ops: &[&CounterOp], mode: Mode, deadline_ms: Option<
     }
 }
 
-/// Below this many counters a call finds a counter's position by a scan, past it by a map.
+/// Up to this many counters listed, a call finds a counter's position by a scan (most calls:
+/// their requests share a few counters), past it by a map.
 const SCAN_COUNTERS: usize = 8;
 
 /// A call's keys and args, in the layout `check_and_count.lua` reads: the counters of its
@@ -259,9 +261,7 @@ impl<'a> Layout<'a> {
     }
 
     fn args(&self, mut arg: impl FnMut(&[u8])) {
-        let mut n = Packed::default();
-        n.push_u64(self.counters.len() as u64);
-        arg(&n.bytes);
+        arg(self.counters.len().to_string().as_bytes());
         for c in &self.counters {
             arg(c.1);
         }
