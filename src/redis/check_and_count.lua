@@ -58,15 +58,15 @@
 -- work here per request.
 --
 -- Where the time goes (Redis 7.0, counted in instructions with valgrind, which a shared
--- machine does not blur; docs/counter-store.md §11): a call's fixed part is about 70 000
--- (the command and its arguments 19 000, TIME 14 000, the MGET 8 000, an INCRBY 9 000),
--- a one-counter request about 5 000 more, 1 400 of them its two args. In Lua, a table
--- made costs more than its own size says (the garbage collector pays again for it), a
--- tonumber is a strtod, string.format a sprintf, `t[#t + 1] =` a search. So: specs and
--- shapes are parsed once and kept, fixed windows' names too; every fixed window is read
--- once (one MGET for all) and written once when the call ends; the common requests are
--- decided on arrays kept from call to call, with no table, string or tonumber of their
--- own, the commonest (one fixed window) in the call's loop itself.
+-- machine does not blur; docs/counter-store.md §11): a call of one request is about 67 000
+-- (the command and its arguments 19 000, TIME 14 000, the read of its window 5 000, its
+-- INCRBY 9 000), each further one-counter request about 5 000 (1 400 of them its two
+-- args). In Lua, a table made costs more than its size says (the garbage collector pays
+-- for it again), a tonumber is a strtod, string.format a sprintf, `t[#t + 1] =` a search.
+-- So: specs and shapes are parsed once and kept, fixed windows' names too; every fixed
+-- window is read once (one GET, or one MGET for all) and written once when the call ends;
+-- the common requests are decided on arrays kept from call to call, with no table, string
+-- or tonumber of their own, the commonest (one fixed window) in the call's loop itself.
 
 -- Counter specs, parsed: pure, so kept across calls (a library's state outlives a call),
 -- and bounded (hits and limits come from requests, so specs are many in theory).
@@ -742,19 +742,25 @@ local function check_and_count(keys, args)
   call_no = call_no + 1
   keys_, ctab, ncounters, nstates = keys, nil, E, 0
   if names_count > NAMES_MAX then NAMES, names_count = {}, 0 end
-  -- Each counter's spec and, for a fixed window, its window; then every window read in one
-  -- MGET (in slices: unpack has a bound).
+  -- Each counter's spec and, for a fixed window, its window; then every window read at
+  -- once (an MGET, in slices: unpack has a bound).
   for i = 1, E do
     local sp = spec(args[1 + i])
     espec[i] = sp
     if sp.algorithm == 'f' then estate[i] = window(keys[i], sp) end
   end
-  for from = 1, nstates, 512 do
-    local to = math.min(nstates, from + 511)
-    local got = redis.call('MGET', unpack(sname, from, to))
-    for j = from, to do
-      local v = tonumber(got[j - from + 1] or '0')
-      sorig[j], scount[j] = v, v
+  if nstates == 1 then
+    -- One window (a call of one consumer's requests): a GET, without MGET's table.
+    local v = tonumber(redis.call('GET', sname[1]) or '0')
+    sorig[1], scount[1] = v, v
+  else
+    for from = 1, nstates, 512 do
+      local to = math.min(nstates, from + 511)
+      local got = redis.call('MGET', unpack(sname, from, to))
+      for j = from, to do
+        local v = tonumber(got[j - from + 1] or '0')
+        sorig[j], scount[j] = v, v
+      end
     end
   end
 
