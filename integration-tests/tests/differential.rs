@@ -16,14 +16,19 @@
 //! one- and two-second windows end, logs slide and buckets refill between steps; that wait
 //! is the input being generated (time moving), not a wait for something to happen.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use integration_tests::redis::RedisServer;
 use ironclad_rls::config::Algorithm;
 use ironclad_rls::descriptor::{CounterKey, CounterScope};
-use ironclad_rls::limiter::{BatchOutcome, CounterOp, CounterStore, ManualClock, MemoryStore};
+use ironclad_rls::limiter::{
+    BatchOutcome, CounterOp, CounterStore, ManualClock, MemoryStore, StoreError,
+};
 use ironclad_rls::redis::{RedisOptions, RedisStore, RedisTarget};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -138,44 +143,48 @@ fn counter() -> impl Strategy<Value = Counter> {
     )
 }
 
+/// A step on `n` counters.
+fn step(n: usize) -> impl Strategy<Value = Step> {
+    let op = (
+        0..n,
+        hits(),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(counter, hits, negative, enforce, quota)| Op {
+            counter,
+            hits,
+            negative,
+            enforce,
+            quota,
+        });
+    (
+        prop_oneof![9 => Just(0u64), 1 => 1u64..700],
+        prop::bool::weighted(0.1),
+        prop::collection::vec(op, 1..5),
+    )
+        .prop_map(|(gap_ms, dry_run, ops)| Step {
+            gap_ms,
+            dry_run,
+            ops,
+        })
+}
+
 fn scenario() -> impl Strategy<Value = Scenario> {
     prop::collection::vec(counter(), 1..5).prop_flat_map(|counters| {
         let n = counters.len();
-        let op = (
-            0..n,
-            hits(),
-            prop::bool::weighted(0.15),
-            prop::bool::weighted(0.8),
-            prop::bool::weighted(0.2),
-        )
-            .prop_map(|(counter, hits, negative, enforce, quota)| Op {
-                counter,
-                hits,
-                negative,
-                enforce,
-                quota,
-            });
-        let step = (
-            prop_oneof![9 => Just(0u64), 1 => 1u64..700],
-            prop::bool::weighted(0.1),
-            prop::collection::vec(op, 1..5),
-        )
-            .prop_map(|(gap_ms, dry_run, ops)| Step {
-                gap_ms,
-                dry_run,
-                ops,
-            });
-        (Just(counters), prop::collection::vec(step, 1..24))
+        (Just(counters), prop::collection::vec(step(n), 1..24))
             .prop_map(|(counters, steps)| Scenario { counters, steps })
     })
 }
 
 /// The ops of one step, with keys under `namespace`.
-fn ops(namespace: &str, scenario: &Scenario, step: &Step) -> Vec<CounterOp> {
+fn ops(namespace: &str, counters: &[Counter], step: &Step) -> Vec<CounterOp> {
     step.ops
         .iter()
         .map(|op| {
-            let c = &scenario.counters[op.counter];
+            let c = &counters[op.counter];
             CounterOp {
                 key: CounterKey::new(namespace, &format!("k{}", c.name), &CounterScope::Overall),
                 window_secs: c.window_secs,
@@ -204,7 +213,7 @@ fn run_case(
         if step.gap_ms > 0 {
             std::thread::sleep(Duration::from_millis(step.gap_ms));
         }
-        let ops = ops(namespace, scenario, step);
+        let ops = ops(namespace, &scenario.counters, step);
         let remote: BatchOutcome = rt
             .block_on(redis.apply(&ops, step.dry_run))
             .map_err(|e| TestCaseError::fail(format!("Redis store failed: {e}")))?;
@@ -311,4 +320,258 @@ fn the_memory_and_redis_stores_answer_every_batch_alike() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+// Coalesced calls -------------------------------------------------------------------------
+//
+// On a single node, requests that wait together travel in one call (docs/counter-store.md
+// §11), and each must still be answered exactly as if it had been sent alone, in arrival
+// order. The call lists each counter (key and spec) once and its requests refer to them; a
+// request of fixed windows only takes the script's fast path, any other the general one,
+// and both share the call's fixed windows. So: waves of requests are sent at once to a store
+// with one worker on the test's own (current-thread) runtime, where all of a wave queue, in
+// order, before the worker takes them in one call; the memory store then applies the same
+// requests one by one, in the same order, at the time Redis answered.
+
+/// Waves of requests on a scenario's counters.
+#[derive(Debug, Clone)]
+struct Waves {
+    counters: Vec<Counter>,
+    /// Each wave's requests (the first one's gap is the wave's).
+    waves: Vec<Vec<Step>>,
+}
+
+fn waves() -> impl Strategy<Value = Waves> {
+    prop::collection::vec(counter(), 1..6).prop_flat_map(|counters| {
+        let n = counters.len();
+        let wave = prop::collection::vec(step(n), 1..12);
+        (Just(counters), prop::collection::vec(wave, 1..8))
+            .prop_map(|(counters, waves)| Waves { counters, waves })
+    })
+}
+
+/// Polls every future once, in order (each joins the store's queue then), then until all
+/// are done.
+async fn together<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>) -> Vec<T> {
+    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, d) in futures.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *d = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Runs the waves through both stores; the first difference fails the case. Returns the
+/// requests sent.
+fn run_waves(
+    rt: &tokio::runtime::Runtime,
+    redis: &RedisStore,
+    namespace: &str,
+    w: &Waves,
+) -> Result<u64, TestCaseError> {
+    let clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::new(clock.clone());
+    let mut sent = 0;
+    for (i, wave) in w.waves.iter().enumerate() {
+        if wave[0].gap_ms > 0 {
+            std::thread::sleep(Duration::from_millis(wave[0].gap_ms));
+        }
+        let ops: Vec<Vec<CounterOp>> = wave
+            .iter()
+            .map(|step| ops(namespace, &w.counters, step))
+            .collect();
+        let remote: Vec<Result<BatchOutcome, StoreError>> = rt.block_on(together(
+            wave.iter()
+                .zip(&ops)
+                .map(|(step, ops)| redis.apply(ops, step.dry_run))
+                .collect(),
+        ));
+        sent += wave.len() as u64;
+        for (j, ((step, ops), remote)) in wave.iter().zip(&ops).zip(remote).enumerate() {
+            let remote =
+                remote.map_err(|e| TestCaseError::fail(format!("Redis store failed: {e}")))?;
+            clock.set_ms(remote.now_ms);
+            let local = memory
+                .apply_now(ops, step.dry_run)
+                .map_err(|e| TestCaseError::fail(format!("memory store failed: {e}")))?;
+            prop_assert_eq!(
+                &local,
+                &remote,
+                "wave {} request {} (memory store left, Redis right), ops {:?}, dry run {}",
+                i,
+                j,
+                step.ops,
+                step.dry_run
+            );
+        }
+    }
+    Ok(sent)
+}
+
+/// Waves worth running every time: on one key, fixed windows of one window under several
+/// specs (limits, hits, flags: one state, several counters listed), next to a sliding log
+/// and a bucket of the same key, so fast-path and general-path requests alternate on the
+/// same fixed window within one call.
+fn known_waves() -> Vec<Waves> {
+    let fixed = |limit| Counter {
+        name: 0,
+        algorithm: Algorithm::FixedWindow,
+        window_secs: 60,
+        limit,
+        capacity: limit,
+    };
+    let op = |counter, hits, negative, enforce, quota| Op {
+        counter,
+        hits,
+        negative,
+        enforce,
+        quota,
+    };
+    let req = |dry_run, ops| Step {
+        gap_ms: 0,
+        dry_run,
+        ops,
+    };
+    let counters = vec![
+        fixed(5),
+        fixed(3),
+        Counter {
+            name: 0,
+            algorithm: Algorithm::SlidingWindow,
+            window_secs: 60,
+            limit: 4,
+            capacity: 4,
+        },
+        Counter {
+            name: 0,
+            algorithm: Algorithm::TokenBucket,
+            window_secs: 60,
+            limit: 4,
+            capacity: 2,
+        },
+        Counter {
+            name: 1,
+            ..fixed(2)
+        },
+    ];
+    let wave = vec![
+        req(false, vec![op(0, 1, false, true, false)]),
+        req(
+            false,
+            vec![op(0, 1, false, true, false), op(2, 1, false, true, false)],
+        ),
+        req(false, vec![op(1, 1, false, true, false)]),
+        req(
+            false,
+            vec![op(0, 2, false, true, false), op(3, 1, false, true, false)],
+        ),
+        // Over on the limit-3 spec of the same window: blocked, its quota op counts.
+        req(
+            false,
+            vec![op(1, 1, false, true, false), op(4, 1, false, true, true)],
+        ),
+        req(true, vec![op(0, 1, false, true, false)]),
+        req(
+            false,
+            vec![op(0, 2, true, true, false), op(2, 1, true, true, false)],
+        ),
+        req(
+            false,
+            vec![op(0, 1, false, false, false), op(0, 1, false, true, false)],
+        ),
+        req(
+            false,
+            vec![op(4, 2, false, true, true), op(4, 1, false, true, true)],
+        ),
+        req(false, vec![op(0, 1, false, true, false)]),
+    ];
+    vec![Waves {
+        counters,
+        waves: vec![wave.clone(), wave],
+    }]
+}
+
+#[test]
+fn coalesced_requests_are_answered_as_if_each_was_sent_alone() {
+    let server = RedisServer::start();
+    // The worker runs on this runtime: a wave queues whole before it takes any of it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let store = rt.block_on(async {
+        let store = RedisStore::new(RedisOptions {
+            target: RedisTarget::Single(server.url()),
+            timeout: Duration::from_secs(5),
+            key_prefix: "coal".into(),
+            connections: 1,
+            calls_per_connection: 1,
+            own_thread: false,
+            ..RedisOptions::defaults()
+        })
+        .expect("Redis store");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis store never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+    });
+    let before = server.command_calls("fcall");
+    let mut sent = 0;
+    for (i, w) in known_waves().iter().enumerate() {
+        match run_waves(&rt, &store, &format!("known{i}"), w) {
+            Ok(n) => sent += n,
+            Err(e) => panic!("known waves {i}: {e}\n{w:?}"),
+        }
+    }
+    let calls = server.command_calls("fcall") - before;
+    println!("known waves: {sent} requests in {calls} calls");
+    assert!(
+        calls <= known_waves()[0].waves.len() as u64 + 1,
+        "{calls} calls for {sent} requests in waves: they were not coalesced"
+    );
+    let cases = AtomicU64::new(0);
+    let requests = AtomicU64::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: case_count(),
+        max_shrink_iters: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let before = server.command_calls("fcall");
+    let result = runner.run(&waves(), |w| {
+        let namespace = format!("case{}", cases.fetch_add(1, Ordering::Relaxed));
+        requests.fetch_add(run_waves(&rt, &store, &namespace, &w)?, Ordering::Relaxed);
+        Ok(())
+    });
+    let calls = server.command_calls("fcall") - before;
+    let requests = requests.load(Ordering::Relaxed);
+    println!(
+        "{} runs, {requests} requests in {calls} calls",
+        cases.load(Ordering::Relaxed)
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        calls * 2 < requests,
+        "{calls} calls for {requests} requests: waves were not coalesced"
+    );
 }

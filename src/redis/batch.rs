@@ -291,7 +291,7 @@ async fn run(conn: &mut ConnectionManager, batch: &mut Vec<Job>, shared: &Shared
             return;
         }
     };
-    match script::parse_reply(&values, batch.iter().map(|j| j.encoded.counters)) {
+    match script::parse_reply(&values, batch.iter().map(|j| &j.encoded)) {
         Ok((now_ms, replies)) => {
             // A reply later than the timeout is not a bound the estimate may trust
             // (deadline.rs).

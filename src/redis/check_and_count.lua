@@ -17,73 +17,160 @@
 -- other's hits); then every sim is committed, or none when the request is blocked (or on a
 -- dry run): blocked when an enforcing non-quota counter is over, or when the request has
 -- quota counters and every one of them is over (a shadow one never is: it passed;
--- docs/envoy-compat.md §4). A blocked request still counts its quota counters (not on a dry run), decided
--- again alone from the state as loaded. A blocked request reports each other counter as
--- stored: the same decide with 0 hits on the sim as loaded.
+-- docs/envoy-compat.md §4). A blocked request still counts its quota counters (not on a dry
+-- run), decided again alone from the state as loaded. A blocked request reports each other
+-- counter as stored: the same decide with 0 hits on the sim as loaded.
 --
 -- The call is check_and_count(keys, args): run by a Redis Function (FCALL, single node) or
 -- by a script that ends with `return check_and_count(KEYS, ARGV)` (EVALSHA, Redis Cluster);
--- see src/redis/script.rs. Its args are one record per request, each:
---   mode       "0" count, "1" dry run (count nothing), "2" readiness probe: a dry run
---              that also proves this server runs what requests need (the code, and a
---              write: SET XX on a key that never exists, a no-op that a server refusing
---              writes, at maxmemory with noeviction or by ACL, refuses as it would refuse a
---              count)
---   deadline   ms of this server's clock ("0": none). A request that the call reaches
---              after it (it sat too long in a stalled server's input buffer): the service
---              has answered it as failed already, so it changes nothing and says so
---              (docs/counter-store.md §10); the others of the batch run
---   n          its number of counters
--- then 8 fields per counter (decode() is the one place that reads them):
---   algorithm   "f" fixed window, "s" sliding window, "b" token bucket
---   window      length in ms
---   limit       hits per window (a bucket: tokens refilled per window)
---   hits
---   negative    "1": give hits back (is_negative_hits)
---   enforce     "1", or "0" (shadow mode: over limit does not block the others)
---   capacity    a bucket's capacity in tokens (ignored otherwise)
---   quota       "1": quota mode (see above)
--- Its keys, in the same order: a probe's probe key (a key that never exists), each
--- counter's key without algorithm and window (all keys of one call share a hash tag on a
--- Redis Cluster).
+-- see src/redis/script.rs, which writes this layout. The counters of a call are listed
+-- once each, whatever the number of its requests that use them (a coalesced call often
+-- holds many requests on the same counters), and the requests refer to them by position:
+--   args[1]      E, the number of counters listed
+--   args[1 + i]  counter i's spec, "<algorithm> <window> <limit> <hits> <capacity> <flags>":
+--                  algorithm  "f" fixed window, "s" sliding window, "b" token bucket
+--                  window     length in ms
+--                  limit      hits per window (a bucket: tokens refilled per window)
+--                  hits       hits the request takes (or gives back)
+--                  capacity   a bucket's capacity in tokens ("0" otherwise)
+--                  flags      1: give the hits back (is_negative_hits), + 2: enforce (else
+--                             shadow mode: over limit does not block the others), + 4:
+--                             quota mode (see above)
+--   keys[i]      counter i's key without algorithm and window
+--   then two args per request:
+--     shape      its mode, then ",<i>" per counter of it, in its order ("0,1,2": count, on
+--                counters 1 and 2). Mode "0" count, "1" dry run (count nothing), "2"
+--                readiness probe: a dry run that also proves this server runs what requests
+--                need (the code, and a write: SET XX on keys[E + 1], a key that never
+--                exists, a no-op that a server refusing writes, at maxmemory with
+--                noeviction or by ACL, refuses as it would refuse a count)
+--     deadline   ms of this server's clock ("0": none). A request that the call reaches
+--                after it (it sat too long in a stalled server's input buffer): the service
+--                has answered it as failed already, so it changes nothing and says so
+--                (docs/counter-store.md §10); the others of the batch run
+-- All keys of one call share a hash tag on a Redis Cluster.
 --
--- Returns (reply() is the one place that writes it) {now_ms, then per request: status,
--- then, unless it is 2, per counter: before, after, over (0/1), reset_ms, remaining};
--- status 1: committed, 0: not (blocked, or a dry run), 2: past its deadline, nothing read
--- or written, no counters.
+-- Returns {now_ms, then per request: status, then, unless it is 2, per counter: before,
+-- after, over (0/1), reset_ms, remaining}; status 1: committed, 0: not (blocked, or a dry
+-- run), 2: past its deadline, nothing written, no counters. A fixed window of a
+-- committed request returns its `before` only: the rest follows from it, its spec and now
+-- (script.rs completes it, with the rules of fixed.decide), and a shorter reply is less
+-- work here per request.
+--
+-- Where the time goes (Redis 7.0, counted in instructions with valgrind, which a shared
+-- machine does not blur; docs/counter-store.md §11): a call of one request is about 67 000
+-- (the command and its arguments 19 000, TIME 14 000, the read of its window 5 000, its
+-- INCRBY 9 000), each further one-counter request about 5 000 (1 400 of them its two
+-- args). In Lua, a table made costs more than its size says (the garbage collector pays
+-- for it again), a tonumber is a strtod, string.format a sprintf, `t[#t + 1] =` a search.
+-- So: specs and shapes are parsed once and kept, fixed windows' names too; every fixed
+-- window is read once (one GET, or one MGET for all) and written once when the call ends;
+-- the common requests are decided on arrays kept from call to call, with no table, string
+-- or tonumber of their own, the commonest (one fixed window) in the call's loop itself.
 
-local HEADER, FIELDS = 3, 8
+-- Counter specs, parsed: pure, so kept across calls (a library's state outlives a call),
+-- and bounded (hits and limits come from requests, so specs are many in theory).
+local SPECS, spec_count, SPECS_MAX = {}, 0, 1024
 
--- The n counters of a request whose fields start after args[a] and keys after keys[k].
-local function decode(keys, k, args, a, n)
-  local counters = {}
-  for i = 1, n do
-    local b = a + (i - 1) * FIELDS
-    counters[i] = {
-      key = keys[k + i],
-      algorithm = args[b + 1],
-      win = tonumber(args[b + 2]),
-      limit = tonumber(args[b + 3]),
-      hits = tonumber(args[b + 4]),
-      negative = args[b + 5] == '1',
-      enforce = args[b + 6] == '1',
-      capacity = tonumber(args[b + 7]),
-      quota = args[b + 8] == '1',
-    }
-  end
-  return counters
+local function spec(s)
+  local sp = SPECS[s]
+  if sp then return sp end
+  local algorithm, win, limit, hits, capacity, flags =
+    string.match(s, '^(%a) (%d+) (%d+) (%d+) (%d+) (%d)$')
+  if not algorithm then error('check_and_count: a bad counter spec: ' .. s) end
+  flags = tonumber(flags)
+  sp = {algorithm = algorithm, winstr = win, win = tonumber(win), limit = tonumber(limit),
+        hits = tonumber(hits), capacity = tonumber(capacity), negative = flags % 2 == 1,
+        enforce = flags % 4 >= 2, quota = flags >= 4}
+  if spec_count >= SPECS_MAX then SPECS, spec_count = {}, 0 end
+  SPECS[s], spec_count = sp, spec_count + 1
+  return sp
 end
 
-local function reply(out, status, states)
-  out[#out + 1] = status
-  for _, s in ipairs(states) do
-    out[#out + 1] = s.before
-    out[#out + 1] = s.after
-    out[#out + 1] = s.over and 1 or 0
-    out[#out + 1] = s.reset
-    out[#out + 1] = s.remaining
+-- Small integers as decimal strings, kept (the deltas an INCRBY sends are mostly small).
+local DIGITS = {}
+local function digits(n)
+  local s = DIGITS[n]
+  if s then return s end
+  s = fmt(n)
+  if n >= 0 and n < 4096 then DIGITS[n] = s end
+  return s
+end
+
+-- The call's state, set up by check_and_count: ncounters counters, nstates fixed windows.
+-- Per counter i: espec[i] its spec, estate[i] its fixed window's index (fixed windows
+-- only), ctab[i] its table for the general path (made on first use). Per fixed window j
+-- (counters of one key and window share it): sname[j], sorig[j] its count in Redis,
+-- scount[j] its count after the requests so far, sreset[j] the ms until it ends. The
+-- arrays are kept from call to call (each table made costs, and so does the garbage
+-- collection of it): a call writes positions 1..ncounters and 1..nstates before it reads
+-- them, and never reads past them.
+local espec, estate, sname, sorig, scount, sreset = {}, {}, {}, {}, {}, {}
+local keys_, ctab, ncounters, nstates, call_no = nil, nil, 0, 0, 0
+
+-- Fixed windows' names, kept from call to call: NAMES[key][window ms] = {start = its
+-- start, name = its name, call = the last call that used it, j = its index there}. A
+-- name is a string built (concatenation, string.format) for each counter of each call
+-- otherwise; here once per key and window. Bounded: emptied, when a call starts, past
+-- NAMES_MAX keys and windows (both come from requests).
+local NAMES, names_count, NAMES_MAX = {}, 0, 8192
+
+-- Scratch of the fast path, reused by every request (never a table per request): rc[j] is
+-- window j's count within the request, valid where rgen[j] is the request's number (qc and
+-- qgen the same for the blocked request's quota counters); O[i] counter i's verdict.
+-- Request numbers only grow, across calls too, so nothing stale ever matches.
+local rc, rgen, qc, qgen, O = {}, {}, {}, {}, {}
+local request_no = 0
+
+-- Counter i's fixed window: its index j in the call, a new one if no counter before it
+-- in the call has the same key and window.
+local function window(key, sp)
+  local per = NAMES[key]
+  if not per then
+    per = {}
+    NAMES[key] = per
+    names_count = names_count + 1
+  end
+  local win = sp.win
+  local start = now - (now % win)
+  local w = per[win]
+  if not w then
+    w = {start = -1, name = '', call = 0, j = 0}
+    per[win] = w
+    names_count = names_count + 1
+  end
+  if w.start ~= start then
+    -- fixed.name, with the window's digits as sent.
+    w.start, w.name = start, key .. ':' .. sp.winstr .. ':' .. fmt(start)
+  end
+  if w.call ~= call_no then
+    local j = nstates + 1
+    nstates = j
+    w.call, w.j = call_no, j
+    sname[j], sreset[j] = w.name, win - (now % win)
+  end
+  return w.j
+end
+
+-- Writes every fixed window the call changed, once: a new one with its expiry (SET ... PX,
+-- so no key ever lives without one), one that holds hits already by the difference (INCRBY
+-- keeps the expiry it was created with: the same end of window), an emptied one deleted.
+local function flush()
+  for j = 1, nstates do
+    local c, o = scount[j], sorig[j]
+    if c ~= o then
+      if c == 0 then
+        redis.call('DEL', sname[j])
+      elseif o > 0 then
+        redis.call('INCRBY', sname[j], digits(c - o))
+      else
+        redis.call('SET', sname[j], fmt(c), 'PX', fmt(sreset[j]))
+      end
+    end
   end
 end
+
+-- The general path ----------------------------------------------------------------------
 
 -- A copy of `c` with 0 hits: how the blocked report reads a counter.
 local function check_only(c)
@@ -104,14 +191,16 @@ local function blocked_report(decided, stored)
 end
 
 -- Fixed window ------------------------------------------------------------------------
+-- Its count lives in the call's arrays (window(); a counter of the general path carries
+-- its index, c.j); commit writes it there, flush() to Redis.
 
 function fixed.slot(c)
-  return fixed.name(c.key, c.win, now)
+  return sname[c.j]
 end
 
-function fixed.load(c, name)
-  local n = tonumber(redis.call('GET', name) or '0')
-  return {name = name, stored = n, count = n, reset = c.win - (now % c.win)}
+function fixed.load(c)
+  local j = c.j
+  return {j = j, count = scount[j], reset = sreset[j]}
 end
 
 function fixed.decide(c, sim)
@@ -126,16 +215,11 @@ function fixed.decide(c, sim)
   end
   local state = {before = count, after = after, over = over, reset = sim.reset,
                  remaining = math.max(0, c.limit - after)}
-  return state, {name = sim.name, stored = sim.stored, count = after, reset = sim.reset}
+  return state, {j = sim.j, count = after, reset = sim.reset}
 end
 
 function fixed.commit(sim)
-  if sim.count == sim.stored then return end
-  if sim.count == 0 then
-    redis.call('DEL', sim.name)
-  else
-    redis.call('SET', sim.name, fmt(sim.count), 'PX', fmt(sim.reset))
-  end
+  scount[sim.j] = sim.count
 end
 
 -- Sliding window ----------------------------------------------------------------------
@@ -414,137 +498,321 @@ local function run(mode, counters)
   return 1, states
 end
 
--- The fixed windows a call has read, shared by its requests (a coalesced call often holds
--- many requests for one counter): each is read once (GET) and written once, when the call
--- ends or before a request of the general path, which reads Redis itself. Requests still see
--- each other's counts in order, exactly as if each had been its own call.
-local seen = {orig = {}, count = {}, reset = {}, order = {}}
-
-local function flush_fixed()
-  for _, name in ipairs(seen.order) do
-    fixed.commit({name = name, stored = seen.orig[name], count = seen.count[name],
-                  reset = seen.reset[name]})
-  end
-  seen = {orig = {}, count = {}, reset = {}, order = {}}
+-- Counter i as the general path reads it (a table of its own: run() notes its slot on it).
+local function counter(i)
+  if not ctab then ctab = {} end
+  local c = ctab[i]
+  if c then return c end
+  local sp = espec[i]
+  c = {key = keys_[i], algorithm = sp.algorithm, win = sp.win, limit = sp.limit,
+       hits = sp.hits, negative = sp.negative, enforce = sp.enforce,
+       capacity = sp.capacity, quota = sp.quota, j = estate[i]}
+  ctab[i] = c
+  return c
 end
 
--- The same for a request of fixed windows only (the common case), without the general
--- path's tables per counter (each costs Redis time, measured in docs/counter-store.md):
--- a fixed window's sim is its count, so the steps above are inlined on plain arrays. Its
--- answers are the general path's, to the letter (the differential test holds both to the
--- memory store's). Writes status and states to `out`; what it counts goes to `seen`.
-local function run_fixed(out, mode, keys, k, args, a, n)
-  local names, before, after, over, limits = {}, {}, {}, {}, {}
-  local resets, stored, count = {}, {}, {}
+-- The general path's request `p` (a shape: see below), its reply appended to out after
+-- out[o]; returns the new end.
+local function run_general(out, o, p)
+  local counters = {}
+  for i = 1, p.n do counters[i] = counter(p.ids[i]) end
+  local status, states = run(p.mode, counters)
+  o = o + 1
+  out[o] = status
+  for i, s in ipairs(states) do
+    if status == 1 and counters[i].algorithm == 'f' then
+      out[o + 1] = s.before
+      o = o + 1
+    else
+      out[o + 1], out[o + 2], out[o + 3] = s.before, s.after, s.over and 1 or 0
+      out[o + 4], out[o + 5] = s.reset, s.remaining
+      o = o + 5
+    end
+  end
+  return o
+end
+
+-- The fast path: a request of fixed windows only (the common case). The steps of run()
+-- with fixed.decide inlined on the call's arrays and the scratch above: no table, no
+-- string, no tonumber per request, and the committed request's reply written as it is
+-- decided. Its answers are the general path's, to the letter (the differential test holds
+-- both to the memory store's).
+
+-- fixed.decide on a count: over, and the count after.
+local function add(c, hits, limit, negative)
+  if negative then
+    local after = c - hits
+    if after < 0 then after = 0 end
+    return false, after
+  end
+  -- A shadow-mode count goes past its limit; it stops at 2^53, where doubles stay exact.
+  local after = c + hits
+  if after > MAX_EXACT then after = MAX_EXACT end
+  return limit == 0 or c + hits > limit, after
+end
+
+-- A blocked request of fixed windows (or a dry run), its first pass done (O[i]: each
+-- counter's verdict). Quota counters count anyway (not on a dry run), decided again alone,
+-- in order, from the counts as stored; the others report the count as stored.
+local function blocked_fixed(out, o, p, count_quotas)
+  local n, js, sps = p.n, p.js, p.sps
+  request_no = request_no + 1
+  local rq = request_no
+  out[o + 1] = 0
+  local k = o + 1
+  for i = 1, n do
+    local j, sp = js[i], sps[i]
+    local before, after, over = scount[j], scount[j], O[i]
+    if count_quotas and sp.quota then
+      if qgen[j] == rq then before = qc[j] else qgen[j] = rq end
+      over, after = add(before, sp.hits, sp.limit, sp.negative)
+      qc[j] = after
+    end
+    local remaining = sp.limit - after
+    if remaining < 0 then remaining = 0 end
+    out[k + 1], out[k + 2], out[k + 3] = before, after, over and 1 or 0
+    out[k + 4], out[k + 5] = sreset[j], remaining
+    k = k + 5
+  end
+  -- Written once all are decided: the others above read the counts as stored.
+  if count_quotas then
+    for i = 1, n do
+      if sps[i].quota then
+        local j = js[i]
+        scount[j] = qc[j]
+      end
+    end
+  end
+  return k
+end
+
+-- Any number of fixed windows. Counters of one window see each other's hits (rc, rgen).
+local function run_fixed(out, o, p)
+  local n, js, sps = p.n, p.js, p.sps
+  request_no = request_no + 1
+  local rq = request_no
   local over_rule, quotas, quotas_over = false, 0, 0
   for i = 1, n do
-    local b = a + (i - 1) * FIELDS
-    local win = tonumber(args[b + 2])
-    local limit, hits = tonumber(args[b + 3]), tonumber(args[b + 4])
-    -- fixed.name, with the window as sent (its decimal digits).
-    local name = keys[k + i] .. ':' .. args[b + 2] .. ':' .. fmt(now - (now % win))
-    local c = count[name]
-    if c == nil then
-      c = seen.count[name]
-      if c == nil then
-        c = tonumber(redis.call('GET', name) or '0')
-        seen.orig[name], seen.count[name] = c, c
-        seen.order[#seen.order + 1] = name
-      end
-      stored[name] = c
+    local j, sp = js[i], sps[i]
+    local c
+    if rgen[j] == rq then c = rc[j] else c = scount[j]; rgen[j] = rq end
+    local hits, limit = sp.hits, sp.limit
+    local over, after
+    if sp.negative then
+      over = false
+      after = c - hits
+      if after < 0 then after = 0 end
+    else
+      over = limit == 0 or c + hits > limit
+      after = c + hits
+      if after > MAX_EXACT then after = MAX_EXACT end
     end
-    local negative = args[b + 5] == '1'
-    local o = (not negative) and (limit == 0 or c + hits > limit)
-    local af
-    if negative then af = math.max(c - hits, 0) else af = math.min(c + hits, MAX_EXACT) end
-    count[name] = af
-    names[i], before[i], after[i], over[i], limits[i] = name, c, af, o, limit
-    resets[name] = win - (now % win)
-    if args[b + 8] == '1' then
+    rc[j] = after
+    -- The committed reply: each counter's `before` after the status (blocked_fixed
+    -- writes over it otherwise).
+    out[o + 1 + i] = c
+    O[i] = over
+    if sp.quota then
       quotas = quotas + 1
-      if o and args[b + 6] == '1' then quotas_over = quotas_over + 1 end
-    elseif o and args[b + 6] == '1' then
+      if over and sp.enforce then quotas_over = quotas_over + 1 end
+    elseif over and sp.enforce then
       over_rule = true
     end
   end
-  local dry = mode ~= '0'
-  local blocked = dry or over_rule or (quotas > 0 and quotas_over == quotas)
-  if blocked then
-    -- Quota counters count anyway (not on a dry run), decided again alone, in order; the
-    -- others report the count as stored.
-    local qcount = {}
-    for i = 1, n do
-      local b = a + (i - 1) * FIELDS
-      local name = names[i]
-      if args[b + 8] == '1' and not dry then
-        local c = qcount[name] or stored[name]
-        local hits = tonumber(args[b + 4])
-        local af
-        if args[b + 5] == '1' then
-          over[i] = false
-          af = math.max(c - hits, 0)
-        else
-          over[i] = limits[i] == 0 or c + hits > limits[i]
-          af = math.min(c + hits, MAX_EXACT)
-        end
-        qcount[name] = af
-        before[i], after[i] = c, af
-      else
-        before[i], after[i] = stored[name], stored[name]
-      end
-    end
-    count = qcount
+  if p.dry or over_rule or (quotas > 0 and quotas_over == quotas) then
+    return blocked_fixed(out, o, p, quotas > 0 and not p.dry)
   end
+  out[o + 1] = 1
   for i = 1, n do
-    local name = names[i]
-    local c = count[name]
-    if c ~= nil then
-      seen.count[name], seen.reset[name] = c, resets[name]
-    end
+    local j = js[i]
+    scount[j] = rc[j]
   end
-  if blocked then out[#out + 1] = 0 else out[#out + 1] = 1 end
-  for i = 1, n do
-    out[#out + 1] = before[i]
-    out[#out + 1] = after[i]
-    out[#out + 1] = over[i] and 1 or 0
-    out[#out + 1] = resets[names[i]]
-    out[#out + 1] = math.max(0, limits[i] - after[i])
-  end
+  return o + 1 + n
 end
 
--- The call: every request in order, each on its own.
+-- The common request of several fixed windows: counted, each counter on a window of its
+-- own, none in quota mode. Then a counter's count is its window's (no other counter of the
+-- request moves it first), and the request is blocked exactly when one of them is over
+-- and enforces.
+local function run_plain(out, o, p)
+  local n, js, sps = p.n, p.js, p.sps
+  local blocked = false
+  for i = 1, n do
+    local sp = sps[i]
+    local c, hits = scount[js[i]], sp.hits
+    local after
+    if sp.negative then
+      after = c - hits
+      if after < 0 then after = 0 end
+    else
+      local limit = sp.limit
+      after = c + hits
+      if after > MAX_EXACT then after = MAX_EXACT end
+      if (limit == 0 or c + hits > limit) and sp.enforce then blocked = true end
+    end
+    out[o + 1 + i] = c
+    rc[i] = after
+  end
+  if blocked then
+    -- Each counter's verdict for blocked_fixed, from the counts still as stored.
+    for i = 1, n do
+      local sp = sps[i]
+      O[i] = (not sp.negative) and (sp.limit == 0 or scount[js[i]] + sp.hits > sp.limit)
+    end
+    return blocked_fixed(out, o, p, false)
+  end
+  out[o + 1] = 1
+  for i = 1, n do scount[js[i]] = rc[i] end
+  return o + 1 + n
+end
+
+-- The call ----------------------------------------------------------------------------
+
+-- A request's shape "<mode>,<i>,<j>...", parsed: {mode, dry, n, [1] = i, [2] = j, ...}.
+-- Pure, so kept from call to call (parsing one is a few string operations and a tonumber
+-- per counter: as much as deciding several requests), bounded as SPECS is.
+local SHAPES, shape_count, SHAPES_MAX = {}, 0, 4096
+
+local function parse(s)
+  local mode = string.sub(s, 1, 1)
+  local t = {mode = mode, dry = mode ~= '0', n = 0}
+  local n, pos, len = 0, 2, #s
+  while pos < len do
+    local comma = string.find(s, ',', pos + 1, true)
+    local i = tonumber(string.sub(s, pos + 1, (comma or 0) - 1))
+    if not i or i < 1 or i % 1 ~= 0 then error('check_and_count: a bad request shape: ' .. s) end
+    n = n + 1
+    t[n] = i
+    if not comma then break end
+    pos = comma
+  end
+  t.n = n
+  if shape_count >= SHAPES_MAX then SHAPES, shape_count = {}, 0 end
+  SHAPES[s], shape_count = t, shape_count + 1
+  return t
+end
+
+-- A request's plan for this call: {mode, dry, n, run = the path it takes, and what that
+-- path reads: ids (the shape) for the general path; for fixed windows js and sps, each
+-- counter's window and spec; for one fixed window counted (one), its window and spec's
+-- fields alone}. `plans` keeps them for the call (requests of one consumer share theirs).
+-- Each made whole by one constructor: a table that grows field by field is rebuilt at
+-- every power of two.
+local function plan(plans, s)
+  local t = SHAPES[s] or parse(s)
+  local n, fixed_only = t.n, true
+  for k = 1, n do
+    local i = t[k]
+    if i > ncounters then error('check_and_count: a bad request shape: ' .. s) end
+    if espec[i].algorithm ~= 'f' then fixed_only = false end
+  end
+  local p
+  if not fixed_only then
+    p = {mode = t.mode, dry = t.dry, n = n, run = run_general, ids = t}
+  elseif n == 1 and not t.dry then
+    -- Decided in the call's loop itself (the commonest request).
+    local i = t[1]
+    local sp = espec[i]
+    p = {mode = t.mode, one = true, j = estate[i], hits = sp.hits, limit = sp.limit,
+         negative = sp.negative, enforce = sp.enforce, quota = sp.quota}
+  else
+    local js, sps = {}, {}
+    local run = run_plain
+    for k = 1, n do
+      local j = estate[t[k]]
+      js[k], sps[k] = j, espec[t[k]]
+      if t.dry or sps[k].quota then run = run_fixed end
+      -- Two counters on one window: each sees the other's hits (run_fixed).
+      for m = 1, k - 1 do
+        if js[m] == j then run = run_fixed end
+      end
+    end
+    p = {mode = t.mode, dry = t.dry, n = n, run = run, js = js, sps = sps}
+  end
+  plans[s] = p
+  return p
+end
+
+-- Every request in order, each on its own.
 local function check_and_count(keys, args)
   clock()
-  -- Library state outlives a call (a function's upvalues stay loaded): start clean even if
-  -- the call before stopped on an error.
-  seen = {orig = {}, count = {}, reset = {}, order = {}}
-  local out, a, k, nargs = {now}, 0, 0, #args
-  while a < nargs do
-    local mode, deadline, n = args[a + 1], tonumber(args[a + 2]), tonumber(args[a + 3])
-    a = a + HEADER
-    local probe
-    if mode == '2' then
-      k = k + 1
-      probe = keys[k]
-    end
-    if deadline > 0 and now >= deadline then
-      out[#out + 1] = 2
-    else
-      if probe then redis.call('SET', probe, '', 'XX') end
-      local all_fixed = true
-      for i = 1, n do
-        if args[a + (i - 1) * FIELDS + 1] ~= 'f' then all_fixed = false end
-      end
-      if all_fixed then
-        run_fixed(out, mode, keys, k, args, a, n)
-      else
-        flush_fixed()
-        reply(out, run(mode, decode(keys, k, args, a, n)))
-      end
-    end
-    a = a + n * FIELDS
-    k = k + n
+  -- The call's state (library state outlives a call: nothing of the last one is kept, even
+  -- if it stopped on an error).
+  local E = tonumber(args[1])
+  call_no = call_no + 1
+  keys_, ctab, ncounters, nstates = keys, nil, E, 0
+  if names_count > NAMES_MAX then NAMES, names_count = {}, 0 end
+  -- Each counter's spec and, for a fixed window, its window; then every window read at
+  -- once (an MGET, in slices: unpack has a bound).
+  for i = 1, E do
+    local sp = spec(args[1 + i])
+    espec[i] = sp
+    if sp.algorithm == 'f' then estate[i] = window(keys[i], sp) end
   end
-  flush_fixed()
+  if nstates == 1 then
+    -- One window (a call of one consumer's requests): a GET, without MGET's table.
+    local v = tonumber(redis.call('GET', sname[1]) or '0')
+    sorig[1], scount[1] = v, v
+  else
+    for from = 1, nstates, 512 do
+      local to = math.min(nstates, from + 511)
+      local got = redis.call('MGET', unpack(sname, from, to))
+      for j = from, to do
+        local v = tonumber(got[j - from + 1] or '0')
+        sorig[j], scount[j] = v, v
+      end
+    end
+  end
+
+  local out, o, a, nargs = {now}, 1, 1 + E, #args
+  local plans, deadlines = {}, {}
+  while a < nargs do
+    local s, d = args[a + 1], args[a + 2]
+    a = a + 2
+    local p = plans[s] or plan(plans, s)
+    local late = deadlines[d]
+    if late == nil then
+      local deadline = tonumber(d)
+      late = deadline > 0 and now >= deadline
+      deadlines[d] = late
+    end
+    if late then
+      o = o + 1
+      out[o] = 2
+    elseif p.one then
+      -- One fixed window, counted: run_fixed inlined, as this request is the commonest. It
+      -- is blocked exactly when it is over and enforces (a quota counter alone is all the
+      -- request's quota counters).
+      local j, hits, limit = p.j, p.hits, p.limit
+      local c = scount[j]
+      local over, after
+      if p.negative then
+        over = false
+        after = c - hits
+        if after < 0 then after = 0 end
+      else
+        over = limit == 0 or c + hits > limit
+        after = c + hits
+        if after > MAX_EXACT then after = MAX_EXACT end
+      end
+      if over and p.enforce then
+        -- Blocked; a quota counter counts anyway.
+        if p.quota then scount[j] = after else after = c end
+        local remaining = limit - after
+        if remaining < 0 then remaining = 0 end
+        out[o + 1], out[o + 2], out[o + 3] = 0, c, after
+        out[o + 4], out[o + 5], out[o + 6] = 1, sreset[j], remaining
+        o = o + 6
+      else
+        scount[j] = after
+        out[o + 1], out[o + 2] = 1, c
+        o = o + 2
+      end
+    else
+      if p.mode == '2' then redis.call('SET', keys[E + 1], '', 'XX') end
+      o = p.run(out, o, p)
+    end
+  end
+  flush()
   return out
 end

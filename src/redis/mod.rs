@@ -322,8 +322,8 @@ impl RedisStore {
                 let values: Vec<i64> = self
                     .guarded(async move { inv.invoke_async(&mut conn).await })
                     .await?;
-                let (now_ms, mut replies) = script::parse_reply(&values, [encoded.counters])
-                    .map_err(StoreError::Unavailable)?;
+                let (now_ms, mut replies) =
+                    script::parse_reply(&values, [&encoded]).map_err(StoreError::Unavailable)?;
                 self.server_clock.observe(now_ms);
                 replies.pop().ok_or_else(|| {
                     StoreError::Unavailable("the script's reply holds no request".into())
@@ -331,7 +331,10 @@ impl RedisStore {
             }
         };
         match reply {
-            Reply::Ran(out) => Ok(out),
+            Reply::Ran(mut out) => {
+                script::complete(&mut out, ops).map_err(StoreError::Unavailable)?;
+                Ok(out)
+            }
             Reply::Expired { .. } => {
                 // It sat in Redis past the moment the service gave up on it: answered as a
                 // timeout, and nothing was counted.
