@@ -596,17 +596,7 @@ local function run_fixed(out, o, p)
     local j, sp = js[i], sps[i]
     local c
     if rgen[j] == rq then c = rc[j] else c = scount[j]; rgen[j] = rq end
-    local hits, limit = sp.hits, sp.limit
-    local over, after
-    if sp.negative then
-      over = false
-      after = c - hits
-      if after < 0 then after = 0 end
-    else
-      over = limit == 0 or c + hits > limit
-      after = c + hits
-      if after > MAX_EXACT then after = MAX_EXACT end
-    end
+    local over, after = add(c, sp.hits, sp.limit, sp.negative)
     rc[j] = after
     -- The committed reply: each counter's `before` after the status (blocked_fixed
     -- writes over it otherwise).
@@ -640,6 +630,8 @@ local function run_plain(out, o, p)
   for i = 1, n do
     local sp = sps[i]
     local c, hits = scount[js[i]], sp.hits
+    -- add(), inlined: a Lua call per counter here costs Redis about 200 instructions
+    -- (callgrind), a few per cent of this path.
     local after
     if sp.negative then
       after = c - hits
@@ -785,6 +777,7 @@ local function check_and_count(keys, args)
       -- request's quota counters).
       local j, hits, limit = p.j, p.hits, p.limit
       local c = scount[j]
+      -- add(), inlined, as in run_plain.
       local over, after
       if p.negative then
         over = false
