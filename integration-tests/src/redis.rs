@@ -265,3 +265,88 @@ impl RedisCluster {
             .collect()
     }
 }
+
+const SENTINEL_HINT: &str = "install Redis with its Sentinel (Debian: apt-get install -y \
+     redis-server redis-sentinel; `redis-server --sentinel` is what runs), or run scripts/test";
+
+/// One `redis-server --sentinel` on a free port, killed when dropped.
+pub struct Sentinel {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    /// Starts a sentinel configured with its port, address and directory followed by `conf`
+    /// (its `sentinel monitor` lines, passwords, timings), and waits until it answers PING
+    /// (a sentinel with a password answers NOAUTH, which proves it is up as well).
+    pub fn start(conf: &str) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for a sentinel");
+        let file = dir.path().join("sentinel.conf");
+        // Its own file: a sentinel rewrites its configuration with what it learns.
+        std::fs::write(
+            &file,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n{conf}",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new(tool("redis-server"))
+            .arg(&file)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server --sentinel: {e}; {SENTINEL_HINT}")
+            });
+        let mut sentinel = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !raw_command(port, "PING")
+            .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
+        {
+            sentinel.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on {port} did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sentinel
+    }
+
+    /// Panics, with what to install, if the sentinel has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("redis-server --sentinel exited ({status}): {SENTINEL_HINT}");
+        }
+    }
+
+    /// `redis-cli` against it, authenticated with `password` when given; stdout.
+    pub fn cli(&self, password: Option<&str>, args: &[&str]) -> String {
+        let mut cmd = Command::new(tool("redis-cli"));
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}; {SENTINEL_HINT}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

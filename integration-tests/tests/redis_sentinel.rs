@@ -3,11 +3,9 @@
 //! `--redis-sentinel`; the master killed with SIGKILL; the service back on the promoted
 //! replica by itself, answering per `--on-backend-error` meanwhile, and exact from then on.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::redis::{RedisServer, free_port};
+use integration_tests::redis::{RedisServer, Sentinel};
 use integration_tests::{Rls, request, temp_file};
 use ironclad_rls::proto::rate_limit_response::Code;
 
@@ -22,106 +20,26 @@ descriptors:
       requests_per_unit: 5
 ";
 
-const INSTALL_HINT: &str = "install Redis with its Sentinel (Debian: apt-get install -y redis-server \
-     redis-sentinel; `redis-server --sentinel` is what runs), or run scripts/test, which does";
-
-fn redis_server_binary() -> PathBuf {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/bin", "/usr/local/bin"])
-        .map(|d| PathBuf::from(d).join("redis-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`redis-server` not found on PATH: {INSTALL_HINT}"))
+/// A sentinel watching `master_port` under [`MASTER`], quorum 2, quick to fail over, with
+/// `extra` lines of configuration.
+fn sentinel(master_port: u16, extra: &str) -> Sentinel {
+    Sentinel::start(&format!(
+        "sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
+         sentinel down-after-milliseconds {MASTER} 1000\n\
+         sentinel failover-timeout {MASTER} 5000\n\
+         sentinel parallel-syncs {MASTER} 1\n{extra}"
+    ))
 }
 
-/// `redis-cli -p <port> <args>`, stdout.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}; {INSTALL_HINT}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One `redis-server --sentinel`, killed when dropped.
-struct Sentinel {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Sentinel {
-    /// A sentinel watching `master_port` under [`MASTER`], quorum 2, quick to fail over.
-    fn start(master_port: u16) -> Sentinel {
-        Sentinel::start_with(master_port, "")
-    }
-
-    /// The same with extra lines of configuration.
-    fn start_with(master_port: u16, extra: &str) -> Sentinel {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir for a sentinel");
-        let conf = dir.path().join("sentinel.conf");
-        // The sentinel rewrites its file (it records what it learns), so it is its own copy.
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER} 1000\n\
-                 sentinel failover-timeout {MASTER} 5000\n\
-                 sentinel parallel-syncs {MASTER} 1\n{extra}",
-                dir = dir.path().display()
-            ),
-        )
-        .expect("write sentinel.conf");
-        let child = Command::new(redis_server_binary())
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server --sentinel: {e}; {INSTALL_HINT}")
-            });
-        let mut sentinel = Sentinel {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // A sentinel with a password answers NOAUTH, which still proves it is up.
-        while !cli(port, &["PING"]).contains("PONG") && !cli(port, &["PING"]).contains("NOAUTH") {
-            if let Ok(Some(status)) = sentinel.child.try_wait() {
-                panic!("redis-server --sentinel exited at start ({status}): {INSTALL_HINT}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sentinel on {port} did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sentinel
-    }
-
-    /// A field of `SENTINEL master mymaster` (a flat list of names and values).
-    fn master_field(&self, field: &str) -> Option<String> {
-        let out = cli(self.port, &["SENTINEL", "master", MASTER]);
-        let lines: Vec<&str> = out.lines().collect();
-        lines
-            .iter()
-            .position(|l| *l == field)
-            .and_then(|i| lines.get(i + 1))
-            .map(|v| (*v).to_owned())
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A field of `SENTINEL master mymaster` (a flat list of names and values).
+fn master_field(s: &Sentinel, field: &str) -> Option<String> {
+    let out = s.cli(None, &["SENTINEL", "master", MASTER]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .iter()
+        .position(|l| *l == field)
+        .and_then(|i| lines.get(i + 1))
+        .map(|v| (*v).to_owned())
 }
 
 /// Polls `f` every 50 ms until it holds, or panics naming `what`.
@@ -142,15 +60,15 @@ fn topology() -> (RedisServer, RedisServer, Vec<Sentinel>) {
             .cli(&["INFO", "replication"])
             .contains("master_link_status:up")
     });
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| sentinel(master.port, "")).collect();
     // A failover needs the quorum to see each other, and a replica to promote.
     wait_until(
         Duration::from_secs(30),
         "the sentinels to find each other and the replica",
         || {
             sentinels.iter().all(|s| {
-                s.master_field("num-other-sentinels").as_deref() == Some("2")
-                    && s.master_field("num-slaves").as_deref() == Some("1")
+                master_field(s, "num-other-sentinels").as_deref() == Some("2")
+                    && master_field(s, "num-slaves").as_deref() == Some("1")
             })
         },
     );
@@ -272,7 +190,7 @@ async fn follows_a_failover_by_itself_and_stays_exact() {
         || {
             sentinels
                 .iter()
-                .all(|s| s.master_field("port").as_deref() == Some(promoted.as_str()))
+                .all(|s| master_field(s, "port").as_deref() == Some(promoted.as_str()))
         },
     );
 
@@ -305,7 +223,11 @@ async fn sentinels_with_passwords() {
         "127.0.0.1",
         &master.port.to_string(),
     ]);
-    let sentinel = Sentinel::start_with_auth(master.port, "m-secret", "s-secret");
+    // A sentinel that itself requires a password, and authenticates to the master.
+    let sentinel = sentinel(
+        master.port,
+        &format!("sentinel auth-pass {MASTER} m-secret\nrequirepass s-secret\n"),
+    );
     let _ = &replica;
     let (_dir, file) = temp_file("limits.yaml", LIMITS);
     let (_pdir, master_pass) = temp_file("redis-password", "m-secret\n");
@@ -331,15 +253,4 @@ async fn sentinels_with_passwords() {
     );
     let (_, config) = rls.admin_get("/config");
     assert!(!config.contains("secret"), "no password in /config");
-}
-
-impl Sentinel {
-    /// A sentinel that itself requires `own_password` and authenticates to the master with
-    /// `master_password`.
-    fn start_with_auth(master_port: u16, master_password: &str, own_password: &str) -> Sentinel {
-        Sentinel::start_with(
-            master_port,
-            &format!("sentinel auth-pass {MASTER} {master_password}\nrequirepass {own_password}\n"),
-        )
-    }
 }

@@ -14,13 +14,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::envoy::serve_http_with_body;
 use integration_tests::pki::Ca;
-use integration_tests::redis::{RedisServer, free_port};
+use integration_tests::redis::{RedisServer, Sentinel, free_port};
 use integration_tests::xds::{ManagementServer, ServerTls, limit};
 use integration_tests::{Rls, binary, eventually, http_get, request, wait_for_fresh_window};
 use ironclad_rls::proto::RateLimitResponse;
@@ -299,85 +299,31 @@ fn cmdline(rls: &Rls) -> String {
         .expect("read /proc/<pid>/cmdline")
 }
 
-const SENTINEL_HINT: &str = "install Redis with its Sentinel (Debian: apt-get install -y \
-     redis-server redis-sentinel; `redis-server --sentinel` is what runs), or run scripts/test";
-
-/// One `redis-server --sentinel` with a password, watching a password-protected master;
-/// killed when dropped.
-struct Sentinel {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Sentinel {
-    fn start(master: &str, master_port: u16, master_password: &str, password: &str) -> Sentinel {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir for a sentinel");
-        let conf = dir.path().join("sentinel.conf");
-        // Its own file: a sentinel rewrites its configuration with what it learns.
-        write(
-            &conf,
-            &format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nrequirepass {password}\n\
-                 sentinel monitor {master} 127.0.0.1 {master_port} 1\n\
-                 sentinel auth-pass {master} {master_password}\n",
-                dir = dir.path().display()
-            ),
+/// A sentinel with a password, watching a password-protected master (quorum 1), once it
+/// names the master (authenticated, as the service will ask).
+fn sentinel(master: &str, master_port: u16, master_password: &str, password: &str) -> Sentinel {
+    let mut sentinel = Sentinel::start(&format!(
+        "requirepass {password}\n\
+         sentinel monitor {master} 127.0.0.1 {master_port} 1\n\
+         sentinel auth-pass {master} {master_password}\n"
+    ));
+    let deadline = Instant::now() + DEADLINE;
+    while !sentinel
+        .cli(
+            Some(password),
+            &["SENTINEL", "get-master-addr-by-name", master],
+        )
+        .contains(&master_port.to_string())
+    {
+        sentinel.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel on {} did not name the master",
+            sentinel.port
         );
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server --sentinel: {e}; {SENTINEL_HINT}")
-            });
-        let mut sentinel = Sentinel {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Up once it knows the master (authenticated, as the service will ask).
-        let deadline = Instant::now() + DEADLINE;
-        while !sentinel
-            .cli(password, &["SENTINEL", "get-master-addr-by-name", master])
-            .contains(&master_port.to_string())
-        {
-            if let Ok(Some(status)) = sentinel.child.try_wait() {
-                panic!("redis-server --sentinel exited at start ({status}): {SENTINEL_HINT}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sentinel on {port} did not name the master"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        sentinel
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn cli(&self, password: &str, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-a",
-                password,
-                "--no-auth-warning",
-            ])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}; {SENTINEL_HINT}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    sentinel
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,7 +331,7 @@ async fn redis_type_sentinel_counts_on_the_master_the_sentinel_names() {
     wait_for_fresh_window(3600, Duration::from_secs(120));
     let (master_pw, sentinel_pw) = ("master-pw-7d1", "sentinel-pw-3c9");
     let master = RedisServer::start_with(&["--requirepass", master_pw]);
-    let sentinel = Sentinel::start("mymaster", master.port, master_pw, sentinel_pw);
+    let sentinel = sentinel("mymaster", master.port, master_pw, sentinel_pw);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("mymaster,127.0.0.1:{}", sentinel.port);
     // Both passwords are required: the sentinel answers nothing without its own, the
