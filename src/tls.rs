@@ -5,9 +5,7 @@
 //! room for, under its handshake deadline.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -15,7 +13,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -78,9 +75,9 @@ impl ReloadingTls {
     /// Completes the server side of a TLS handshake with the current certificates. The
     /// caller bounds how long it may take (a client that stalls must not hold a connection
     /// slot for ever).
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsConnection> {
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         let acceptor = TlsAcceptor::from(self.current.load_full());
-        acceptor.accept(tcp).await.map(TlsConnection)
+        acceptor.accept(tcp).await
     }
 }
 
@@ -125,38 +122,4 @@ fn read_certs(path: &PathBuf) -> anyhow::Result<Vec<CertificateDer<'static>>> {
         .with_context(|| format!("cannot read certificates from {}", path.display()))?;
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
     Ok(certs)
-}
-
-/// A TLS connection as tonic's server takes it.
-pub struct TlsConnection(TlsStream<TcpStream>);
-
-impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }

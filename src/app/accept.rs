@@ -115,13 +115,6 @@ impl<IO> Conn<IO> {
     }
 }
 
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Conn<IO> {
-    type ConnectInfo = IO::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
 impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

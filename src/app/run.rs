@@ -7,6 +7,7 @@
 //! errs); the service then drains like on SIGTERM and `run` returns the error, so the process
 //! exits non-zero and its supervisor (Kubernetes) restarts it.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tonic_health::ServingStatus;
 
 use super::{Bound, health, serve};
 use crate::admin;
-use crate::grpc::RateLimitGrpc;
+use crate::grpc::{Port, RateLimitGrpc};
 
 /// How long the admin side may take to stop once the gRPC side has drained.
 const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,18 +60,19 @@ impl Bound {
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        let router = serve::server_builder(&args)
-            .add_service(health_service)
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                RateLimitGrpc::new(state.decider.clone(), args.response_headers).into_server(),
-            );
+            .add_service(reflection_v1alpha);
+        let port = Arc::new(Port::new(
+            RateLimitGrpc::new(state.decider.clone(), args.response_headers),
+            routes,
+            serve::http2(&args),
+        ));
         let hard_close_after = args
             .grpc_max_connection_age
             .map(|age| age + args.grpc_max_connection_age_grace);
         let grpc = tokio::spawn(serve::grpc(
-            router,
+            port,
             grpc_listener,
             tls,
             hard_close_after,

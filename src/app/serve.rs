@@ -1,19 +1,21 @@
-//! The two servers as futures for the supervisor: gRPC (tonic) with its HTTP/2 bounds, and
-//! admin HTTP (axum on hyper) with its slow-header timeout. Both take their connections
+//! The two servers as futures for the supervisor: gRPC (our HTTP/2 loop on h2,
+//! `grpc/connection.rs`) with its bounds, and admin HTTP (axum on hyper) with its slow-header
+//! timeout. Both take their connections
 //! from a budgeted accept loop (`accept.rs`) and stop accepting when `stop` fires.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
 
-use super::accept::{self, Budgeted};
+use super::accept::{self, Budgeted, Conn};
+use crate::grpc::{Http2, Port};
 use crate::settings::ServeArgs;
 use crate::tls::ReloadingTls;
 
@@ -25,26 +27,25 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// The gRPC server with the connection bounds of docs/service.md §2: `max_concurrent_streams`
+/// The HTTP/2 bounds of docs/service.md §2 for each gRPC connection: `max_concurrent_streams`
 /// announced in SETTINGS (h2 refuses a stream past it), keepalive PINGs that close a peer
-/// that stopped answering, GOAWAY at `--grpc-max-connection-age` and a hard close after the
-/// grace period (tonic's own grace option never sends the GOAWAY, so the grace is the
-/// accept loop's deadline instead).
-pub(super) fn server_builder(args: &ServeArgs) -> tonic::transport::Server {
-    let builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(args.grpc_max_concurrent_streams)
-        .http2_keepalive_interval(Some(args.grpc_keepalive_interval))
-        .http2_keepalive_timeout(Some(args.grpc_keepalive_timeout));
-    match args.grpc_max_connection_age {
-        Some(age) => builder.max_connection_age(age),
-        None => builder,
+/// that stopped answering, GOAWAY at `--grpc-max-connection-age` (the hard close after its
+/// grace is the accept loop's deadline), and as long for the HTTP/2 handshake as a new
+/// connection has for its first bytes.
+pub(super) fn http2(args: &ServeArgs) -> Http2 {
+    Http2 {
+        max_concurrent_streams: args.grpc_max_concurrent_streams,
+        keepalive_interval: args.grpc_keepalive_interval,
+        keepalive_timeout: args.grpc_keepalive_timeout,
+        max_age: args.grpc_max_connection_age,
+        handshake_timeout: accept::PREPARE_TIMEOUT,
     }
 }
 
-/// Serves `router` on the budgeted gRPC listener, plaintext or TLS, until `stop`; then
-/// waits for the open connections to finish (the caller bounds that by the drain timeout).
+/// Serves `port` on the budgeted gRPC listener, plaintext or TLS, until `stop`; then waits
+/// for the open connections to finish (the caller bounds that by the drain timeout).
 pub(super) async fn grpc(
-    router: tonic::transport::server::Router,
+    port: Arc<Port>,
     listener: Budgeted,
     tls: Option<Arc<ReloadingTls>>,
     hard_close_after: Option<Duration>,
@@ -61,18 +62,51 @@ pub(super) async fn grpc(
                         .ok()
                 }
             });
-            router
-                .serve_with_incoming_shutdown(incoming, stopped(stop))
-                .await
+            serve_connections(port, incoming, stop).await
         }
         None => {
             let incoming = accept::incoming(listener, hard_close_after, accept::first_bytes);
-            router
-                .serve_with_incoming_shutdown(incoming, stopped(stop))
-                .await
+            serve_connections(port, incoming, stop).await
         }
     }
-    .context("gRPC server")
+}
+
+/// Serves each accepted connection on a task of its own until `stop`; then closes the
+/// listener and waits until every connection has ended (each sends GOAWAY on `stop` and ends
+/// when its calls have been answered).
+async fn serve_connections<C>(
+    port: Arc<Port>,
+    incoming: impl Stream<Item = std::io::Result<Conn<C>>>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Every connection task holds a sender: `recv` returns `None` once all have ended.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    {
+        let mut incoming = std::pin::pin!(incoming);
+        let mut stopping = std::pin::pin!(stopped(stop.clone()));
+        loop {
+            let conn = tokio::select! {
+                () = &mut stopping => break,
+                c = incoming.next() => c,
+            };
+            let Some(Ok(conn)) = conn else {
+                anyhow::bail!("the gRPC accept loop ended");
+            };
+            let port = port.clone();
+            let stop = stop.clone();
+            let open = open.clone();
+            tokio::spawn(async move {
+                port.serve(conn, stop).await;
+                drop(open);
+            });
+        }
+    }
+    drop(open);
+    let _ = all_closed.recv().await;
+    Ok(())
 }
 
 /// Serves the admin router on its budgeted listener until `stop`, then lets the requests in

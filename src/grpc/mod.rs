@@ -1,14 +1,17 @@
-//! The tonic adapter: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
-//! Decodes and converts at the edge (`server`, `convert`, `json`) and maps every refusal to a
-//! gRPC status here, in one place.
+//! The gRPC adapter: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` and the
+//! port's HTTP/2 connections (`connection`, on the `h2` crate; health and reflection through
+//! tonic's router in `routes`). Decodes and converts at the edge (`server`, `convert`, `json`)
+//! and maps every refusal to a gRPC status here, in one place.
 
+mod connection;
 pub mod convert;
 pub mod json;
+mod routes;
 mod server;
 
 use tonic::Status;
 
-pub use server::RateLimitServer;
+pub use connection::{Http2, Port};
 
 use crate::proto::RateLimitResponse;
 use crate::service::{Decider, Refusal};
@@ -30,11 +33,6 @@ impl RateLimitGrpc {
             decider,
             response_headers,
         }
-    }
-
-    /// The tonic service for it, with the message size bound.
-    pub fn into_server(self) -> RateLimitServer {
-        RateLimitServer::new(self)
     }
 
     /// Answers one `ShouldRateLimit` message, given as the bytes on the wire: a message that
@@ -84,7 +82,7 @@ mod tests {
         - { prefix: /a/, value: 1000000, anon_value: 1000000 }
 ";
 
-    fn service() -> (RateLimitGrpc, Arc<Metrics>) {
+    pub(super) fn service() -> (RateLimitGrpc, Arc<Metrics>) {
         let loaded = load_sources(&[Source {
             name: "t.yaml".into(),
             text: LIMITS.into(),
@@ -116,7 +114,7 @@ mod tests {
             .expect("runtime")
     }
 
-    fn request(domain: &str, pairs: &[(&str, &str)]) -> RateLimitRequest {
+    pub(super) fn request(domain: &str, pairs: &[(&str, &str)]) -> RateLimitRequest {
         RateLimitRequest {
             domain: domain.into(),
             descriptors: vec![RateLimitDescriptor {

@@ -1,10 +1,11 @@
-//! The `RateLimitService` route, written out by hand instead of the generated server.
+//! One `ShouldRateLimit` call, from its request headers and body to the response frame.
 //!
-//! A unary call is one message in, one message out, so the route reads the request body up
-//! to its one gRPC frame, answers, and writes the response as one DATA frame and the
-//! `grpc-status` trailer, without tonic's streaming codec in between (its decode and encode
-//! streams, request and response wrappers and boxed bodies measured about a tenth of the
-//! service's CPU per call under load; docs/capacity.md).
+//! A unary call is one message in, one message out, so the call reads the request body up to
+//! its one gRPC frame, answers, and encodes the response as one gRPC frame, which the
+//! connection loop (`connection.rs`) writes as one DATA frame and the `grpc-status` trailer,
+//! without tonic's streaming codec in between (its decode and encode streams, request and
+//! response wrappers and boxed bodies measured about a tenth of the service's CPU per call
+//! under load; docs/capacity.md).
 //!
 //! Decoding is ours too: a message that is not valid protobuf (invalid UTF-8 in a string, a
 //! wrong wire type, truncated bytes) is INVALID_ARGUMENT and counted in
@@ -14,103 +15,48 @@
 //! compressed one (no compression is offered), INTERNAL for a body that is not one gRPC
 //! frame.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
-use tonic::codegen::{Body, BoxFuture, StdError, http};
-use tonic::server::NamedService;
+use tonic::codegen::{Body, StdError, http};
 
 use super::{MAX_MESSAGE_BYTES, RateLimitGrpc};
 use crate::proto::RateLimitResponse;
-use crate::proto::rate_limit_service_server::SERVICE_NAME;
 
-/// The one method this service answers.
-const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+/// The one method of `envoy.service.ratelimit.v3.RateLimitService`.
+pub const SHOULD_RATE_LIMIT: &str =
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
 /// A gRPC frame's header: the compressed flag and the message's length (big-endian u32).
 const FRAME_HEADER: usize = 5;
 
-/// The tower service tonic's router mounts under `envoy.service.ratelimit.v3.RateLimitService`.
-#[derive(Debug, Clone)]
-pub struct RateLimitServer {
-    inner: Arc<RateLimitGrpc>,
-}
-
-impl RateLimitServer {
-    /// Serves `grpc`.
-    pub fn new(grpc: RateLimitGrpc) -> Self {
-        RateLimitServer {
-            inner: Arc::new(grpc),
-        }
-    }
-}
-
-impl NamedService for RateLimitServer {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-impl<B> tonic::codegen::Service<http::Request<B>> for RateLimitServer
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != SHOULD_RATE_LIMIT {
-            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
-        }
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move { Ok(should_rate_limit(&inner, req).await) })
-    }
-}
-
-/// One `ShouldRateLimit` call: its message, the answer, the response.
-async fn should_rate_limit<B>(
+/// One `ShouldRateLimit` call: its message, the answer, the response as one gRPC frame.
+pub async fn should_rate_limit<B>(
     grpc: &RateLimitGrpc,
-    req: http::Request<B>,
-) -> http::Response<tonic::body::Body>
+    headers: http::HeaderMap,
+    body: B,
+) -> Result<Bytes, Status>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<StdError>,
 {
-    let (parts, body) = req.into_parts();
-    if let Some(encoding) = parts.headers.get("grpc-encoding")
+    if let Some(encoding) = headers.get("grpc-encoding")
         && encoding.as_bytes() != b"identity"
     {
-        return Status::unimplemented(format!(
+        return Err(Status::unimplemented(format!(
             "grpc-encoding {} is not supported: send messages uncompressed",
             String::from_utf8_lossy(encoding.as_bytes())
-        ))
-        .into_http();
+        )));
     }
     // One span per decision when OTLP export is on (docs/observability.md §7).
-    let span = crate::telemetry::start(&tonic::metadata::MetadataMap::from_headers(parts.headers));
-    let message = match read_message(body).await {
-        Ok(m) => m,
-        Err(status) => return status.into_http(),
-    };
+    let span = crate::telemetry::start(&tonic::metadata::MetadataMap::from_headers(headers));
+    let message = read_message(body).await?;
     let answer = grpc.answer(&message).await;
     if let Some(span) = span {
         span.finish(&message, &answer);
     }
-    match answer {
-        Ok(response) => respond(&response),
-        Err(status) => status.into_http(),
-    }
+    answer.map(|response| encode(&response))
 }
 
 /// Reads the body up to the end of its first gRPC frame, and returns that frame's message.
@@ -189,8 +135,8 @@ fn frame_length(mut head: &[u8]) -> Result<usize, Status> {
     Ok(len)
 }
 
-/// The response: 200, `application/grpc`, the message as one frame, then `grpc-status: 0`.
-fn respond(response: &RateLimitResponse) -> http::Response<tonic::body::Body> {
+/// The response message as one gRPC frame: flag 0, length, message.
+fn encode(response: &RateLimitResponse) -> Bytes {
     let len = response.encoded_len();
     let mut frame = BytesMut::with_capacity(FRAME_HEADER + len);
     frame.put_u8(0);
@@ -198,51 +144,15 @@ fn respond(response: &RateLimitResponse) -> http::Response<tonic::body::Body> {
     frame.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     // Encoding into a buffer of the encoded length cannot run out of room.
     let _ = response.encode(&mut frame);
-    let mut res = http::Response::new(tonic::body::Body::new(Unary {
-        message: Some(frame.freeze()),
-        done: false,
-    }));
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    res
-}
-
-/// A unary response body: one DATA frame, then the OK trailer.
-struct Unary {
-    message: Option<Bytes>,
-    done: bool,
-}
-
-impl Body for Unary {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(message) = self.message.take() {
-            return Poll::Ready(Some(Ok(Frame::data(message))));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        self.done = true;
-        let mut trailers = http::HeaderMap::with_capacity(1);
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
+    frame.freeze()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use super::*;
+    use http_body::Frame;
     use http_body_util::StreamBody;
 
     fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
@@ -308,22 +218,16 @@ mod tests {
     }
 
     #[test]
-    fn the_response_is_one_frame_then_the_ok_trailer() {
+    fn the_response_is_one_frame_holding_the_message() {
         let response = RateLimitResponse {
             overall_code: 1,
             ..RateLimitResponse::default()
         };
-        let res = respond(&response);
-        assert_eq!(res.headers()["content-type"], "application/grpc");
-        let collected = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(res.into_body().collect())
-            .unwrap();
-        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
-        let bytes = collected.to_bytes();
-        assert_eq!(bytes[0], 0);
-        let decoded = RateLimitResponse::decode(&bytes[FRAME_HEADER..]).unwrap();
+        let frame = encode(&response);
+        assert_eq!(frame[0], 0, "not compressed");
+        let len = u32::from_be_bytes(frame[1..FRAME_HEADER].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - FRAME_HEADER);
+        let decoded = RateLimitResponse::decode(&frame[FRAME_HEADER..]).unwrap();
         assert_eq!(decoded, response);
     }
 }
