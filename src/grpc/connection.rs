@@ -121,7 +121,10 @@ impl Port {
             return;
         };
         let mut keepalive = Keepalive::new(pings, &self.http2);
-        let mut age = self.http2.max_age.map(|age| Box::pin(tokio::time::sleep(age)));
+        let mut age = self
+            .http2
+            .max_age
+            .map(|age| Box::pin(tokio::time::sleep(age)));
         let mut stop = pin!(stopped(stop));
         let mut stopping = false;
         let mut open = true;
@@ -190,7 +193,11 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// One `ShouldRateLimit` stream: decide, then answer with the message and `grpc-status: 0`,
 /// or with the refusal's status alone (a trailers-only response, as gRPC has it).
-async fn call(grpc: &RateLimitGrpc, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
+async fn call(
+    grpc: &RateLimitGrpc,
+    request: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
     let (head, body) = request.into_parts();
     let answer = should_rate_limit(grpc, head.headers, RecvBody::new(body)).await;
     let sent = match answer {
@@ -401,7 +408,11 @@ mod tests {
         let (_stop, stop_rx) = watch::channel(false);
         let (client, _served) = connect(port(), stop_rx).await;
         for (what, body, code) in [
-            ("bad protobuf", framed(0, &[0x08, 0x01]), Code::InvalidArgument),
+            (
+                "bad protobuf",
+                framed(0, &[0x08, 0x01]),
+                Code::InvalidArgument,
+            ),
             ("compressed", framed(1, b"x"), Code::Unimplemented),
             ("no message", Bytes::new(), Code::Internal),
         ] {

@@ -22,9 +22,8 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
 ) {
     let request = request.map(RecvBody::new);
-    let ready = poll_fn(|cx| {
-        <Routes as Service<http::Request<RecvBody>>>::poll_ready(&mut routes, cx)
-    });
+    let ready =
+        poll_fn(|cx| <Routes as Service<http::Request<RecvBody>>>::poll_ready(&mut routes, cx));
     let response = match ready.await {
         Ok(()) => routes.call(request).await,
         Err(e) => Err(e),

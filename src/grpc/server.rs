@@ -25,8 +25,7 @@ use super::{MAX_MESSAGE_BYTES, RateLimitGrpc};
 use crate::proto::RateLimitResponse;
 
 /// The one method of `envoy.service.ratelimit.v3.RateLimitService`.
-pub const SHOULD_RATE_LIMIT: &str =
-    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
 /// A gRPC frame's header: the compressed flag and the message's length (big-endian u32).
 const FRAME_HEADER: usize = 5;
