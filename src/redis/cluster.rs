@@ -139,7 +139,7 @@ impl RedisStore {
                 let retaken: Vec<&CounterOp> = retaken.iter().collect();
                 // No deadline: an undo is right whenever it runs.
                 let encoded = script::encode(&self.key_prefix, &retaken, Mode::Count, None);
-                let inv = script::invocation(&encoded);
+                let inv = script::invocation(std::iter::once(&encoded));
                 self.undo(inv).await;
             }
         }
@@ -147,13 +147,15 @@ impl RedisStore {
 
     /// Runs one undo call; a failure is logged (the request is answered already).
     async fn undo(&self, inv: ::redis::ScriptInvocation<'_>) {
-        let result: Result<::redis::Value, StoreError> = match self.live() {
-            Ok(mut conn) => {
-                self.guarded(async move { inv.invoke_async(&mut conn).await })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let result: Result<::redis::Value, StoreError> =
+            match self.cluster().and_then(|c| Ok((c, c.live()?))) {
+                Ok((calls, mut conn)) => {
+                    calls
+                        .guarded(async move { inv.invoke_async(&mut conn).await })
+                        .await
+                }
+                Err(e) => Err(e),
+            };
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not give back the hits of a rejected cross-slot request");
         }

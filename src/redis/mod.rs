@@ -10,8 +10,9 @@
 //! Single node: one call of a Redis Function per request, whatever the number of counters
 //! (one round trip), and concurrent requests coalesced into one call (`batch.rs`: each
 //! request still decided and counted alone, in arrival order). Redis Cluster: one script
-//! call (EVALSHA) per request and hash tag, concurrently, and a give-back where a request
-//! rejected on one slot was counted on another (`cluster.rs`); not coalesced.
+//! call (EVALSHA) per hash tag of a request, concurrently, shared with the other requests
+//! of that tag on the wire at the same time (`tags.rs`), and a give-back where a request
+//! rejected on one slot was counted on another (`cluster.rs`).
 
 mod batch;
 mod breaker;
@@ -19,6 +20,7 @@ mod cluster;
 mod deadline;
 mod script;
 pub mod sentinel;
+mod tags;
 pub mod url;
 
 use std::sync::Arc;
@@ -26,7 +28,6 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
-use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, IntoConnectionInfo, TlsCertificates};
 use arc_swap::ArcSwapOption;
 
@@ -125,7 +126,8 @@ pub fn describe(target: &RedisTarget) -> String {
 enum Connection {
     /// A single node: the coalescing queue in front of its connections.
     Single(Queue),
-    Cluster(Arc<ArcSwapOption<ClusterConnection>>),
+    /// A cluster: its connection, and the calls of each hash tag (`tags.rs`).
+    Cluster(Arc<tags::Calls>),
 }
 
 /// The Redis [`CounterStore`].
@@ -243,7 +245,12 @@ impl RedisStore {
                 let client = builder.build().map_err(bad)?;
                 let slot = Arc::new(ArcSwapOption::empty());
                 tokio::spawn(cluster::connect(client, slot.clone(), described.clone()));
-                Connection::Cluster(slot)
+                Connection::Cluster(Arc::new(tags::Calls::new(
+                    slot,
+                    options.timeout,
+                    breaker.clone(),
+                    server_clock.clone(),
+                )))
             }
         };
         let kind = match options.target {
@@ -264,38 +271,19 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// A handle on the Redis Cluster connection (cheap: a multiplexed handle).
-    fn live(&self) -> Result<ClusterConnection, StoreError> {
+    /// The Redis Cluster's calls.
+    fn cluster(&self) -> Result<&Arc<tags::Calls>, StoreError> {
         match &self.connection {
+            Connection::Cluster(calls) => Ok(calls),
             Connection::Single(_) => Err(StoreError::Unavailable(
                 "not a Redis Cluster connection".into(),
             )),
-            Connection::Cluster(slot) => slot.load_full().map(|c| (*c).clone()).ok_or_else(|| {
-                StoreError::Unavailable("not connected to the Redis Cluster yet".into())
-            }),
         }
     }
 
     /// The target, credentials redacted.
     pub fn described(&self) -> &str {
         &self.described
-    }
-
-    /// Runs `call` with the deadline, feeding the breaker.
-    async fn guarded<T>(
-        &self,
-        call: impl Future<Output = Result<T, ::redis::RedisError>>,
-    ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(v)) => {
-                self.breaker.success();
-                return Ok(v);
-            }
-            Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
-            Err(_) => StoreError::Timeout,
-        };
-        self.breaker.failure(&result.to_string());
-        Err(result)
     }
 
     fn open_circuit(&self) -> StoreError {
@@ -308,7 +296,7 @@ impl RedisStore {
     /// One request's check-and-count, carrying its deadline on the server's clock (built
     /// from the moment it is sent or queued, the moment its local timeout counts from); every
     /// reply teaches the store that clock's offset (`deadline.rs`). Single node: through the
-    /// coalescing queue. Redis Cluster: one script call.
+    /// coalescing queue. Redis Cluster: with the other requests of its hash tag (`tags.rs`).
     async fn run_script(&self, ops: &[&CounterOp], mode: Mode) -> Result<BatchOutcome, StoreError> {
         let deadline = self
             .server_clock
@@ -316,19 +304,17 @@ impl RedisStore {
         let encoded = script::encode(&self.key_prefix, ops, mode, deadline);
         let reply = match &self.connection {
             Connection::Single(queue) => queue.submit(encoded).await?,
-            Connection::Cluster(_) => {
-                let inv = script::invocation(&encoded);
-                let mut conn = self.live()?;
-                let values: Vec<i64> = self
-                    .guarded(async move { inv.invoke_async(&mut conn).await })
-                    .await?;
-                let (now_ms, mut replies) =
-                    script::parse_reply(&values, [&encoded]).map_err(StoreError::Unavailable)?;
-                self.server_clock.observe(now_ms);
-                replies.pop().ok_or_else(|| {
+            // A probe has no counters, so no tag: it goes alone.
+            Connection::Cluster(calls) => match ops.first() {
+                Some(op) => {
+                    calls
+                        .submit(cluster::hash_tag(op.key.as_str()), encoded)
+                        .await?
+                }
+                None => calls.call(&[&encoded]).await?.pop().ok_or_else(|| {
                     StoreError::Unavailable("the script's reply holds no request".into())
-                })?
-            }
+                })?,
+            },
         };
         match reply {
             Reply::Ran(mut out) => {

@@ -286,9 +286,12 @@ pub fn fcall<'a>(batch: impl Iterator<Item = &'a Encoded>) -> ::redis::Cmd {
     cmd
 }
 
-/// One check-and-count script call (Redis Cluster) for one request.
-pub fn invocation<'a>(e: &Encoded) -> ::redis::ScriptInvocation<'a> {
-    let layout = Layout::of(std::iter::once(e));
+/// One check-and-count script call (Redis Cluster) for requests of one hash tag, in
+/// arrival order.
+pub fn invocation<'a, 'e>(
+    batch: impl Iterator<Item = &'e Encoded>,
+) -> ::redis::ScriptInvocation<'a> {
+    let layout = Layout::of(batch);
     let mut inv = CHECK_AND_COUNT.prepare_invoke();
     for k in layout.keys() {
         inv.key(k);
