@@ -196,3 +196,53 @@ async fn strict_algorithms_keep_documented_keys_with_an_expiry() {
     let ttl: i64 = redis.cli(&["PTTL", gcra]).trim().parse().unwrap();
     assert!(ttl > 0 && ttl <= 3_000, "PTTL {ttl}");
 }
+
+/// Coalescing on a cluster (docs/counter-store.md §11): requests of one hash tag that queue
+/// behind its calls are sent when those calls end, even when the callers that led the calls
+/// have gone (their futures dropped mid-call), and every request is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_queued_behind_abandoned_cluster_calls_are_still_sent() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.nodes.iter().map(|n| n.url()).collect();
+    let store = RedisStore::new(options(RedisTarget::Cluster(nodes))).unwrap();
+    ready(&store).await;
+    integration_tests::wait_for_fresh_window(60, Duration::from_secs(5));
+    let slot: u32 = cluster.nodes[0]
+        .cli(&["CLUSTER", "KEYSLOT", "d:e"])
+        .trim()
+        .parse()
+        .unwrap();
+    // redis-cli gives the three masters the slot ranges 0-5460, 5461-10922, 10923-16383.
+    let master = &cluster.nodes[(slot / 5461) as usize];
+    let apply = || {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply(&[op("e", 100)], false).await })
+    };
+
+    // Frozen, the master keeps the tag's two calls on the wire; ten more requests queue.
+    master.pause();
+    let leaders: Vec<_> = (0..2).map(|_| apply()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued: Vec<_> = (0..10).map(|_| apply()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for leader in &leaders {
+        leader.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    master.resume();
+
+    for request in queued {
+        let out = request
+            .await
+            .unwrap()
+            .expect("a request queued behind an abandoned call is answered");
+        assert!(out.committed);
+    }
+    // The abandoned calls were on the wire already, so they counted as well: 12 in all.
+    let keys = master.cli(&["--scan", "--pattern", "rls:{d:e}:*"]);
+    let counted: u64 = keys
+        .split_whitespace()
+        .map(|k| master.cli(&["GET", k]).trim().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, 12, "{keys}");
+}
