@@ -1,10 +1,14 @@
 //! `ironclad-rls bench --rate`: the real load tool against the real service, on the memory
 //! store and on a real Redis. Checks that the figures it prints agree with each other and
 //! with the service's own `/metrics` (every call sent is answered or counted as an error;
-//! the CPU figures are read), never how fast anything was.
+//! the CPU figures are read), and that a service killed during a run ends the run with the
+//! calls it did not answer counted as errors; never how fast anything was.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use integration_tests::redis::RedisServer;
-use integration_tests::{Rls, example, run_cli};
+use integration_tests::{Rls, binary, eventually, example, run_cli};
 
 /// Calls per second and seconds of the open loop: 2 000 calls in all, whatever the machine.
 const RATE: &str = "1000";
@@ -114,6 +118,15 @@ fn open_loop_reports_consistent_figures(rls: &Rls, redis: Option<&RedisServer>) 
     assert_eq!(served("ok"), Some(ok as f64), "{stdout}");
     assert_eq!(served("over_limit"), Some(over as f64), "{stdout}");
 
+    // The tool reports its own CPU per call (its process's clock), so a reader can tell it
+    // was not the bottleneck.
+    let tool = line_starting(&stdout, "load tool CPU: ");
+    assert!(
+        number_after(tool, "load tool CPU:") > 0.0,
+        "the tool's CPU per call is read: {stdout}"
+    );
+    assert!(tool.contains(" µs per call ("), "{stdout}");
+
     // 2 000 decisions cost the service some CPU, and it is read from its /metrics.
     let service = line_starting(&stdout, "service CPU: ");
     assert!(
@@ -177,5 +190,93 @@ fn unreachable_figures_are_a_clear_error() {
     assert!(
         stderr.contains("cannot read INFO of redis://127.0.0.1:1"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn an_https_address_is_refused_up_front() {
+    let out = run_cli(&[
+        "bench",
+        "--addr",
+        "https://127.0.0.1:1",
+        "--descriptor",
+        "endpoint=kcserl",
+        "--duration",
+        "100ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("invalid --addr \"https://127.0.0.1:1\"") && stderr.contains("h2c"),
+        "{stderr}"
+    );
+}
+
+/// Starts `bench` with `extra` against a fresh service, kills the service with SIGKILL once
+/// it has answered some calls, and returns what bench printed; bench must end by itself
+/// and succeed.
+fn run_through_a_kill(extra: &[&str]) -> String {
+    let rls = Rls::start(&["--config", example("full-example.yaml").to_str().unwrap()]);
+    let addr = format!("http://{}", rls.grpc_addr);
+    let bench = Command::new(binary())
+        .args([
+            "bench",
+            "--addr",
+            &addr,
+            "--descriptor",
+            "endpoint=kcserl,path=/auth/x,consumer=c{n}",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run ironclad-rls bench");
+    eventually(
+        Duration::from_secs(20),
+        "the service's first answers",
+        || {
+            rls.metric("ratelimit_requests_total", &[("code", "ok")])
+                .filter(|&n| n > 0.0)
+        },
+    );
+    rls.signal("-KILL");
+    let out = bench.wait_with_output().expect("bench ran");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    stdout
+}
+
+#[test]
+fn a_service_killed_during_the_open_loop_leaves_its_calls_counted_as_errors() {
+    let stdout = run_through_a_kill(&["--rate", "1000", "--duration", "3s"]);
+    let sent_line = line_starting(&stdout, "sent: ");
+    let (sent, answered, errors) = (
+        number_after(sent_line, "sent:"),
+        number_after(sent_line, "answered"),
+        number_after(sent_line, "errors"),
+    );
+    // The schedule was kept to its end: each call answered before the kill, or an error.
+    assert_eq!(sent, 3_000.0, "{stdout}");
+    assert_eq!(sent, answered + errors, "{stdout}");
+    assert!(answered > 0.0, "answers before the kill: {stdout}");
+    assert!(errors > 0.0, "calls after the kill: {stdout}");
+}
+
+#[test]
+fn a_service_killed_during_the_closed_loop_ends_the_run_with_errors() {
+    // Far longer than the run lasts once its connections are gone.
+    let stdout = run_through_a_kill(&["--duration", "60s", "--concurrency", "8"]);
+    let answers = line_starting(&stdout, "answers: ");
+    assert!(count_before(answers, " OK") > 0, "{stdout}");
+    assert!(count_before(answers, " errors") > 0, "{stdout}");
+    let seconds = stdout
+        .split_once(" calls in ")
+        .and_then(|(_, t)| t.split_once('s'))
+        .and_then(|(s, _)| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no run time: {stdout}"));
+    assert!(
+        seconds < 60.0,
+        "the callers stop when their connections die: {stdout}"
     );
 }

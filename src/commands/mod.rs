@@ -46,9 +46,28 @@ pub enum CallError {
         /// Why it failed.
         reason: String,
     },
+    /// `bench --addr` is not `http://host:port` (its client speaks HTTP/2 without TLS).
+    #[error("invalid --addr {addr:?}: {reason}")]
+    BenchAddress {
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `bench` could not open one of its HTTP/2 connections.
+    #[error("cannot connect to {addr}: {reason}")]
+    Unreachable {
+        /// The address as given.
+        addr: String,
+        /// The dial's or the handshake's error.
+        reason: String,
+    },
     /// A load task panicked or was cancelled (a bug in `bench`).
     #[error("a load task ended early: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A connection's thread of `bench` could not start or run.
+    #[error("a load thread failed: {0}")]
+    Thread(String),
 }
 
 /// A channel to `addr`, with `timeout` on both the connection and every call when given.

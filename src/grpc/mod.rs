@@ -12,6 +12,7 @@ mod server;
 use tonic::Status;
 
 pub use connection::{Http2, Port};
+pub use server::{FRAME_HEADER, Pieces, SHOULD_RATE_LIMIT, encode as encode_frame};
 
 use crate::proto::RateLimitResponse;
 use crate::service::{Decider, Refusal};

@@ -22,13 +22,12 @@ use tonic::Status;
 use tonic::codegen::{Body, StdError, http};
 
 use super::{MAX_MESSAGE_BYTES, RateLimitGrpc};
-use crate::proto::RateLimitResponse;
 
 /// The one method of `envoy.service.ratelimit.v3.RateLimitService`.
 pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
 /// A gRPC frame's header: the compressed flag and the message's length (big-endian u32).
-const FRAME_HEADER: usize = 5;
+pub const FRAME_HEADER: usize = 5;
 
 /// One `ShouldRateLimit` call: its message, the answer, the response as one gRPC frame.
 pub async fn should_rate_limit<B>(
@@ -67,21 +66,13 @@ where
     B::Error: Into<StdError>,
 {
     let mut body = std::pin::pin!(body);
-    // Most requests arrive as one DATA frame holding the whole gRPC frame: it is sliced, not
-    // copied. Otherwise the pieces are gathered in `buf`.
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
+    let mut pieces = Pieces::default();
     loop {
-        let have = first.as_ref().map_or(buf.len(), Bytes::len);
+        let have = pieces.len();
         if have >= FRAME_HEADER {
-            let head = first.as_ref().map_or(&buf[..], |b| &b[..]);
-            let len = frame_length(head)?;
+            let len = frame_length(pieces.as_slice())?;
             if have >= FRAME_HEADER + len {
-                let whole = match first.take() {
-                    Some(b) => b,
-                    None => buf.freeze(),
-                };
-                return Ok(whole.slice(FRAME_HEADER..FRAME_HEADER + len));
+                return Ok(pieces.into_bytes().slice(FRAME_HEADER..FRAME_HEADER + len));
             }
         }
         let data = match body.frame().await {
@@ -96,17 +87,48 @@ where
             None if have == 0 => return Err(Status::internal("the request has no message")),
             None => return Err(Status::internal("the request's message is truncated")),
         };
+        pieces.push(data);
+    }
+}
+
+/// A body's DATA gathered. Most messages arrive as one DATA frame holding the whole gRPC
+/// frame: that one is kept as it is, to be sliced, not copied; only a second piece makes
+/// them be copied together. The service reads requests with it, `bench` answers.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    first: Option<Bytes>,
+    gathered: BytesMut,
+}
+
+impl Pieces {
+    /// Adds the next piece.
+    pub fn push(&mut self, data: Bytes) {
         if data.is_empty() {
-            continue;
+            return;
         }
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            Some(f) => {
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&data);
+        match self.first.take() {
+            None if self.gathered.is_empty() => self.first = Some(data),
+            Some(first) => {
+                self.gathered.extend_from_slice(&first);
+                self.gathered.extend_from_slice(&data);
             }
-            None => buf.extend_from_slice(&data),
+            None => self.gathered.extend_from_slice(&data),
         }
+    }
+
+    /// The bytes so far.
+    pub fn as_slice(&self) -> &[u8] {
+        self.first.as_deref().unwrap_or(&self.gathered)
+    }
+
+    /// How many bytes so far.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// The bytes so far, whole.
+    pub fn into_bytes(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.gathered.freeze())
     }
 }
 
@@ -134,15 +156,17 @@ fn frame_length(mut head: &[u8]) -> Result<usize, Status> {
     Ok(len)
 }
 
-/// The response message as one gRPC frame: flag 0, length, message.
-fn encode(response: &RateLimitResponse) -> Bytes {
-    let len = response.encoded_len();
+/// A message as one uncompressed gRPC frame: flag 0, length, message. The service frames
+/// its responses with it, `bench` its requests.
+pub fn encode(message: &impl Message) -> Bytes {
+    let len = message.encoded_len();
     let mut frame = BytesMut::with_capacity(FRAME_HEADER + len);
     frame.put_u8(0);
-    // Far below u32::MAX: a response holds one status per descriptor of a bounded request.
+    // Far below u32::MAX: both messages are bounded (a response holds one status per
+    // descriptor of a bounded request; `bench` builds its own from a command line).
     frame.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     // Encoding into a buffer of the encoded length cannot run out of room.
-    let _ = response.encode(&mut frame);
+    let _ = message.encode(&mut frame);
     frame.freeze()
 }
 
@@ -151,6 +175,7 @@ mod tests {
     use std::convert::Infallible;
 
     use super::*;
+    use crate::proto::RateLimitResponse;
     use http_body::Frame;
     use http_body_util::StreamBody;
 
