@@ -14,13 +14,14 @@ ADMIN=127.0.0.1:19080
 REDIS_PORT=${REDIS_PORT:-16379}
 
 # Calls of the commands matching a pattern, from INFO commandstats. Client round trips are
-# evalsha (plus script|load and ping); time/get/set/del run inside the script.
+# fcall (plus function|load and ping; evalsha on a cluster); time/get/mget/incrby/set/del run
+# inside the function, once per call however many requests it carries.
 redis_calls() { # pattern
   redis-cli -p "$REDIS_PORT" INFO commandstats |
     awk -F'calls=' -v re="^cmdstat_($1):" '$0 ~ re { split($2, a, ","); s += a[1] } END { print s + 0 }'
 }
-ROUND_TRIPS='evalsha|eval|script\|load|ping'
-IN_SCRIPT='time|get|set|del'
+ROUND_TRIPS='fcall|evalsha|eval|function\|load|script\|load|ping'
+IN_SCRIPT='time|get|mget|incrby|set|del'
 
 
 serve() {

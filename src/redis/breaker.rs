@@ -26,6 +26,8 @@ pub struct Breaker {
     /// How long a run must have lasted to open the circuit.
     min_streak: Duration,
     last_error: Mutex<String>,
+    /// Wakes the prober when the circuit opens.
+    opened: tokio::sync::Notify,
 }
 
 impl Breaker {
@@ -37,12 +39,23 @@ impl Breaker {
             streak: Mutex::new(None),
             min_streak,
             last_error: Mutex::new(String::new()),
+            opened: tokio::sync::Notify::new(),
         }
     }
 
     /// True while calls should fail fast.
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the circuit is open: at once if it is, else when it next opens.
+    pub async fn opened(&self) {
+        // Registered before the check, so an opening between the two is not missed.
+        let notified = self.opened.notified();
+        if self.is_open() {
+            return;
+        }
+        notified.await;
     }
 
     /// A call (or probe) succeeded: close.
@@ -83,6 +96,7 @@ impl Breaker {
                 failures = n,
                 "Redis failed {n} times in a row, for longer than a call deadline; circuit open"
             );
+            self.opened.notify_one();
             return true;
         }
         false
@@ -139,5 +153,24 @@ mod tests {
             assert!(!b.failure_at("boom", t0 + DEADLINE * 2));
         }
         assert!(b.failure_at("boom", t0 + DEADLINE * 3));
+    }
+
+    #[tokio::test]
+    async fn opening_wakes_whoever_waits_for_it() {
+        let b = std::sync::Arc::new(Breaker::new(DEADLINE));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.opened().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "closed: nothing to wake for");
+        let t0 = Instant::now();
+        for i in 0..OPEN_AFTER {
+            b.failure_at("boom", t0 + DEADLINE * i);
+        }
+        assert!(b.is_open());
+        waiter.await.unwrap();
+        // Open already: resolves at once.
+        b.opened().await;
     }
 }
