@@ -99,7 +99,7 @@ where
             let stop = stop.clone();
             let open = open.clone();
             tokio::spawn(async move {
-                port.serve(conn, stop).await;
+                port.serve(conn, stopped(stop)).await;
                 drop(open);
             });
         }

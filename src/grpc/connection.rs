@@ -26,7 +26,6 @@ use h2::server::SendResponse;
 use h2::{Ping, PingPong, RecvStream};
 use prost::bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderMap, HeaderName, HeaderValue};
@@ -97,10 +96,10 @@ impl Port {
     }
 
     /// Serves one connection until it closes: the peer closed it, it failed, a PING went
-    /// unanswered, or it went away (GOAWAY at its age or when `stop` turned true) and its
+    /// unanswered, or it went away (GOAWAY at its age or once `stop` resolved) and its
     /// streams finished. A decision that has started is finished even when its stream or the
     /// connection is gone, so what it counted is never half done.
-    pub async fn serve<IO>(&self, io: IO, stop: watch::Receiver<bool>)
+    pub async fn serve<IO>(&self, io: IO, stop: impl Future<Output = ()>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -125,7 +124,7 @@ impl Port {
             .http2
             .max_age
             .map(|age| Box::pin(tokio::time::sleep(age)));
-        let mut stop = pin!(stopped(stop));
+        let mut stop = pin!(stop);
         let mut stopping = false;
         let mut open = true;
         let mut calls = FuturesUnordered::new();
@@ -184,11 +183,6 @@ impl Port {
         })
         .await;
     }
-}
-
-/// Resolves when a stop is sent (or the sender is gone).
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// One `ShouldRateLimit` stream: decide, then answer with the message and `grpc-status: 0`,
@@ -292,6 +286,8 @@ mod tests {
     use tokio::task::JoinHandle;
     use tonic::Code;
 
+    use tokio::sync::watch;
+
     use super::*;
     use crate::proto::{RateLimitResponse, rate_limit_response};
 
@@ -318,7 +314,13 @@ mod tests {
         stop: watch::Receiver<bool>,
     ) -> (SendRequest<Bytes>, JoinHandle<()>) {
         let (server_io, client_io) = tokio::io::duplex(64 << 10);
-        let served = tokio::spawn(async move { port.serve(server_io, stop).await });
+        let served = tokio::spawn(async move {
+            let mut stop = stop;
+            port.serve(server_io, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
         // hyper's client windows, as tonic's channel has them: with h2's default 64 KiB window
         // the client would take 200 answers it has not read yet for a flood of small DATA
         // frames and go away (h2's data-frame budget is half its connection window).
