@@ -313,6 +313,15 @@ mod tests {
         port: Arc<Port>,
         stop: watch::Receiver<bool>,
     ) -> (SendRequest<Bytes>, JoinHandle<()>) {
+        connect_with_window(port, stop, 2 << 20).await
+    }
+
+    /// As [`connect`], with the client's stream window set to `window` bytes.
+    async fn connect_with_window(
+        port: Arc<Port>,
+        stop: watch::Receiver<bool>,
+        window: u32,
+    ) -> (SendRequest<Bytes>, JoinHandle<()>) {
         let (server_io, client_io) = tokio::io::duplex(64 << 10);
         let served = tokio::spawn(async move {
             let mut stop = stop;
@@ -325,7 +334,7 @@ mod tests {
         // the client would take 200 answers it has not read yet for a flood of small DATA
         // frames and go away (h2's data-frame budget is half its connection window).
         let (client, conn) = h2::client::Builder::new()
-            .initial_window_size(2 << 20)
+            .initial_window_size(window)
             .initial_connection_window_size(5 << 20)
             .handshake(client_io)
             .await
@@ -435,6 +444,26 @@ mod tests {
         let answer = call(&client, UNKNOWN_METHOD, should_rate_limit_message()).await;
         assert_eq!(answer.code(), Code::Unimplemented);
         // An empty HealthCheckRequest asks about the server as a whole.
+        let answer = call(&client, HEALTH_CHECK, framed(0, b"")).await;
+        assert_eq!(answer.code(), Code::Ok);
+        let status = tonic_health::pb::HealthCheckResponse::decode(&answer.body[5..]).unwrap();
+        assert_eq!(
+            status.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    /// A client that grants a few bytes at a time still gets whole answers on both paths:
+    /// the decision's message and a routed service's, each split over many DATA frames as
+    /// its window opens.
+    #[tokio::test]
+    async fn answers_larger_than_the_clients_window_arrive_whole() {
+        let (_stop, stop_rx) = watch::channel(false);
+        let (client, _served) = connect_with_window(port(), stop_rx, 3).await;
+        let answer = call(&client, SHOULD_RATE_LIMIT, should_rate_limit_message()).await;
+        assert_eq!(answer.code(), Code::Ok);
+        let response = RateLimitResponse::decode(&answer.body[5..]).expect("a whole response");
+        assert_eq!(response.overall_code, rate_limit_response::Code::Ok as i32);
         let answer = call(&client, HEALTH_CHECK, framed(0, b"")).await;
         assert_eq!(answer.code(), Code::Ok);
         let status = tonic_health::pb::HealthCheckResponse::decode(&answer.body[5..]).unwrap();
