@@ -473,6 +473,31 @@ mod tests {
         );
     }
 
+    /// Headers over the 16 KiB bound announced in SETTINGS are refused by the HTTP/2 layer
+    /// before anything is decided, and the connection goes on serving.
+    #[tokio::test]
+    async fn a_header_block_over_the_bound_is_refused_and_the_connection_serves_on() {
+        let (_stop, stop_rx) = watch::channel(false);
+        let (client, _served) = connect(port(), stop_rx).await;
+        let request = http::Request::post(format!("http://rls{SHOULD_RATE_LIMIT}"))
+            .header("content-type", "application/grpc")
+            .header("x-padding", "p".repeat(20 << 10))
+            .body(())
+            .unwrap();
+        let mut sender = client.clone().ready().await.expect("ready");
+        let (response, mut send) = sender.send_request(request, false).expect("send");
+        let _ = send.send_data(should_rate_limit_message(), true);
+        match response.await {
+            Ok(r) => assert_eq!(
+                r.status(),
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
+            Err(e) => assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e}"),
+        }
+        let answer = call(&client, SHOULD_RATE_LIMIT, should_rate_limit_message()).await;
+        assert_eq!(answer.code(), Code::Ok);
+    }
+
     #[tokio::test]
     async fn stop_sends_goaway_and_the_connection_ends() {
         let (stop, stop_rx) = watch::channel(false);
