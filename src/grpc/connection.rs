@@ -142,8 +142,10 @@ impl Port {
                 age = None;
             }
             if open && keepalive.poll_dead(cx).is_ready() {
+                // The peer is gone: stop serving it, finish the decisions it started (what
+                // they count stays whole), then close.
                 tracing::debug!("gRPC connection: closed, a keepalive PING went unanswered");
-                return Poll::Ready(());
+                open = false;
             }
             for _ in 0..ROUNDS {
                 let mut progress = false;
