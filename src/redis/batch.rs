@@ -46,10 +46,64 @@ pub const MAX_BATCH_COUNTERS: usize = 256;
 /// How often, at most, a full queue is logged.
 const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A request waiting for a worker.
-struct Job {
-    encoded: Encoded,
+/// A request waiting for a call, and where its answer goes (here and on a cluster's tags,
+/// `tags.rs`).
+pub(super) struct Job {
+    pub(super) encoded: Encoded,
     reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// Where a [`Job`]'s answer arrives.
+pub(super) type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
+
+impl Job {
+    /// A job for `encoded`, and where its answer will arrive.
+    pub(super) fn new(encoded: Encoded) -> (Job, Answer) {
+        let (reply, rx) = oneshot::channel();
+        (Job { encoded, reply }, rx)
+    }
+
+    /// Whether its caller gave up (timed out): then it is not sent, it would expire anyway.
+    pub(super) fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Hands each job of a call its own reply, in order, or every one of them the call's error.
+pub(super) fn answer_all(
+    batch: impl IntoIterator<Item = Job>,
+    replies: Result<Vec<Reply>, StoreError>,
+) {
+    match replies {
+        Ok(replies) => {
+            for (j, r) in batch.into_iter().zip(replies) {
+                let _ = j.reply.send(Ok(r));
+            }
+        }
+        Err(e) => {
+            for j in batch {
+                let _ = j.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// A job's answer, waited for at most `timeout` from now; `gone` says what was dropped when
+/// the answer can never come.
+pub(super) async fn wait(
+    answer: Answer,
+    timeout: Duration,
+    gone: &str,
+) -> Result<Reply, StoreError> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(StoreError::Unavailable(gone.into())),
+        // Not a breaker failure by itself: the call reports its own failure once (a call
+        // that timed out, or whose requests had all expired), so a burst of late replies
+        // (one slow call carries many requests) counts as one failure, not as many, and
+        // does not open the circuit on its own.
+        Err(_) => Err(StoreError::Timeout),
+    }
 }
 
 /// What the workers share with the store.
@@ -167,8 +221,8 @@ impl Queue {
     /// Queues one request and waits for its reply, at most the timeout from now (the instant
     /// its server deadline was built from).
     pub async fn submit(&self, encoded: Encoded) -> Result<Reply, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { encoded, reply }) {
+        let (job, answer) = Job::new(encoded);
+        match self.tx.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(self.refuse()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -177,17 +231,12 @@ impl Queue {
                 ));
             }
         }
-        match tokio::time::timeout(self.shared.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(StoreError::Unavailable(
-                "the Redis connection workers stopped".into(),
-            )),
-            // Not a breaker failure by itself: the worker reports its call's failure once
-            // (a call that timed out, or whose requests had all expired), so a burst of late
-            // replies (one slow call carries many requests) counts as one failure, not as
-            // many, and does not open the circuit on its own.
-            Err(_) => Err(StoreError::Timeout),
-        }
+        wait(
+            answer,
+            self.shared.timeout,
+            "the Redis connection workers stopped",
+        )
+        .await
     }
 
     /// A full queue: the refusal, logged at most every [`FULL_LOG_INTERVAL`].
@@ -231,8 +280,7 @@ async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, source: Source, shared: Arc
                 batch.push(job);
             }
         }
-        // A request whose caller gave up (timed out) is not sent: it would expire anyway.
-        batch.retain(|j| !j.reply.is_closed());
+        batch.retain(|j| !j.abandoned());
         if batch.is_empty() {
             continue;
         }
@@ -241,9 +289,7 @@ async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, source: Source, shared: Arc
             None => {
                 let e = StoreError::Unavailable("no master from the Redis Sentinels yet".into());
                 shared.breaker.failure(&e.to_string());
-                for j in batch.drain(..) {
-                    let _ = j.reply.send(Err(e.clone()));
-                }
+                answer_all(batch.drain(..), Err(e));
             }
         }
         batch.clear();
@@ -285,9 +331,7 @@ async fn run(conn: &mut ConnectionManager, batch: &mut Vec<Job>, shared: &Shared
                 }
             };
             shared.breaker.failure(&e.to_string());
-            for j in batch.drain(..) {
-                let _ = j.reply.send(Err(e.clone()));
-            }
+            answer_all(batch.drain(..), Err(e));
             return;
         }
     };
@@ -303,16 +347,12 @@ async fn run(conn: &mut ConnectionManager, batch: &mut Vec<Job>, shared: &Shared
             // Each expired request is answered as timed out; the deadline already bounds
             // how long it waited.
             shared.breaker.success();
-            for (j, r) in batch.drain(..).zip(replies) {
-                let _ = j.reply.send(Ok(r));
-            }
+            answer_all(batch.drain(..), Ok(replies));
         }
         Err(msg) => {
             let e = StoreError::Unavailable(msg);
             shared.breaker.failure(&e.to_string());
-            for j in batch.drain(..) {
-                let _ = j.reply.send(Err(e.clone()));
-            }
+            answer_all(batch.drain(..), Err(e));
         }
     }
 }

@@ -147,15 +147,10 @@ impl RedisStore {
 
     /// Runs one undo call; a failure is logged (the request is answered already).
     async fn undo(&self, inv: ::redis::ScriptInvocation<'_>) {
-        let result: Result<::redis::Value, StoreError> =
-            match self.cluster().and_then(|c| Ok((c, c.live()?))) {
-                Ok((calls, mut conn)) => {
-                    calls
-                        .guarded(async move { inv.invoke_async(&mut conn).await })
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+        let result: Result<::redis::Value, StoreError> = match self.cluster() {
+            Ok(calls) => calls.invoke(inv).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not give back the hits of a rejected cross-slot request");
         }

@@ -311,9 +311,7 @@ impl RedisStore {
                         .submit(cluster::hash_tag(op.key.as_str()), encoded)
                         .await?
                 }
-                None => calls.call(&[&encoded]).await?.pop().ok_or_else(|| {
-                    StoreError::Unavailable("the script's reply holds no request".into())
-                })?,
+                None => calls.call_one(&encoded).await?,
             },
         };
         match reply {

@@ -14,25 +14,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ::redis::cluster_async::ClusterConnection;
-use arc_swap::ArcSwapOption;
-use tokio::sync::oneshot;
-
-use super::batch::{MAX_BATCH_COUNTERS, QUEUE_CAPACITY};
+use super::batch::{self, Answer, Job, MAX_BATCH_COUNTERS, QUEUE_CAPACITY};
 use super::breaker::Breaker;
 use super::deadline::ServerClock;
 use super::script::{self, Encoded, Reply};
 use crate::limiter::StoreError;
+use ::redis::cluster_async::ClusterConnection;
+use arc_swap::ArcSwapOption;
 
 /// Calls of one tag on the wire at once: two, as a single node's connection carries
 /// (`DEFAULT_CALLS_PER_CONNECTION`), so the next call is already sent when one returns.
 pub const CALLS_PER_TAG: usize = 2;
-
-/// A request waiting for its tag's next call.
-struct Job {
-    encoded: Encoded,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
-}
 
 /// A tag with calls on the wire.
 #[derive(Default)]
@@ -57,7 +49,7 @@ enum Turn {
     /// Send a call now, this request first.
     Lead(Encoded),
     /// Wait for the answer of a later call.
-    Follow(oneshot::Receiver<Result<Reply, StoreError>>),
+    Follow(Answer),
 }
 
 impl Calls {
@@ -83,7 +75,7 @@ impl Calls {
     }
 
     /// A handle on the cluster connection (cheap: a multiplexed handle).
-    pub fn live(&self) -> Result<ClusterConnection, StoreError> {
+    fn live(&self) -> Result<ClusterConnection, StoreError> {
         self.conn
             .load_full()
             .map(|c| (*c).clone())
@@ -91,7 +83,7 @@ impl Calls {
     }
 
     /// Runs `call` with the deadline, feeding the breaker.
-    pub async fn guarded<T>(
+    async fn guarded<T>(
         &self,
         call: impl Future<Output = Result<T, ::redis::RedisError>>,
     ) -> Result<T, StoreError> {
@@ -107,17 +99,33 @@ impl Calls {
         Err(result)
     }
 
-    /// One script call for `batch` (all of one tag, or a probe): the replies in order.
-    pub async fn call(&self, batch: &[&Encoded]) -> Result<Vec<Reply>, StoreError> {
-        let inv = script::invocation(batch.iter().copied());
+    /// Runs `inv` on the cluster within the deadline, feeding the breaker.
+    pub async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        inv: ::redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.live()?;
+        self.guarded(async move { inv.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// One script call for `batch` (all of one tag, or a probe): the replies in order.
+    async fn call(&self, batch: &[&Encoded]) -> Result<Vec<Reply>, StoreError> {
         let values: Vec<i64> = self
-            .guarded(async move { inv.invoke_async(&mut conn).await })
+            .invoke(script::invocation(batch.iter().copied()))
             .await?;
         let (now_ms, replies) =
             script::parse_reply(&values, batch.iter().copied()).map_err(StoreError::Unavailable)?;
         self.clock.observe(now_ms);
         Ok(replies)
+    }
+
+    /// One script call for one request: its reply.
+    pub async fn call_one(&self, encoded: &Encoded) -> Result<Reply, StoreError> {
+        self.call(&[encoded])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("the script's reply holds no request".into()))
     }
 
     /// One request whose counters all carry `tag`: sent now when its tag has a call to
@@ -129,7 +137,7 @@ impl Calls {
     ) -> Result<Reply, StoreError> {
         let turn = {
             let mut tags = self.tags();
-            let entry = tags.entry_ref(tag);
+            let entry = tags.entry(tag.to_owned()).or_default();
             if entry.calls < CALLS_PER_TAG {
                 entry.calls += 1;
                 Turn::Lead(encoded)
@@ -138,9 +146,9 @@ impl Calls {
                     "{QUEUE_CAPACITY} requests already wait for one Redis Cluster hash tag"
                 )));
             } else {
-                let (reply, rx) = oneshot::channel();
-                entry.waiting.push(Job { encoded, reply });
-                Turn::Follow(rx)
+                let (job, answer) = Job::new(encoded);
+                entry.waiting.push(job);
+                Turn::Follow(answer)
             }
         };
         match turn {
@@ -151,18 +159,12 @@ impl Calls {
                     calls: self.clone(),
                     tag: tag.to_owned(),
                 };
-                let mut replies = self.call(&[&encoded]).await?;
-                replies.pop().ok_or_else(|| {
-                    StoreError::Unavailable("the script's reply holds no request".into())
-                })
+                self.call_one(&encoded).await
             }
-            Turn::Follow(rx) => match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(StoreError::Unavailable(
-                    "the Redis Cluster call this request waited for was dropped".into(),
-                )),
-                Err(_) => Err(StoreError::Timeout),
-            },
+            Turn::Follow(answer) => {
+                let gone = "the Redis Cluster call this request waited for was dropped";
+                batch::wait(answer, self.timeout, gone).await
+            }
         }
     }
 
@@ -171,13 +173,9 @@ impl Calls {
     fn next_batch(&self, tag: &str) -> Option<Vec<Job>> {
         let mut tags = self.tags();
         let entry = tags.get_mut(tag)?;
-        // A request whose caller gave up (timed out) is not sent: it would expire anyway.
-        entry.waiting.retain(|j| !j.reply.is_closed());
+        entry.waiting.retain(|j| !j.abandoned());
         if entry.waiting.is_empty() {
-            entry.calls = entry.calls.saturating_sub(1);
-            if entry.calls == 0 {
-                tags.remove(tag);
-            }
+            give_back(&mut tags, tag);
             return None;
         }
         let mut counters = 0;
@@ -198,17 +196,17 @@ impl Calls {
 async fn follow_on(calls: Arc<Calls>, tag: String) {
     while let Some(batch) = calls.next_batch(&tag) {
         let encoded: Vec<&Encoded> = batch.iter().map(|j| &j.encoded).collect();
-        match calls.call(&encoded).await {
-            Ok(replies) => {
-                for (j, r) in batch.into_iter().zip(replies) {
-                    let _ = j.reply.send(Ok(r));
-                }
-            }
-            Err(e) => {
-                for j in batch {
-                    let _ = j.reply.send(Err(e.clone()));
-                }
-            }
+        let replies = calls.call(&encoded).await;
+        batch::answer_all(batch, replies);
+    }
+}
+
+/// Gives one call slot of `tag` back; the tag is forgotten when it has none left.
+fn give_back(tags: &mut HashMap<String, Tag>, tag: &str) {
+    if let Some(entry) = tags.get_mut(tag) {
+        entry.calls = entry.calls.saturating_sub(1);
+        if entry.calls == 0 {
+            tags.remove(tag);
         }
     }
 }
@@ -230,10 +228,7 @@ impl Drop for Next {
             // Without a runtime (shutting down) the slot is given back, and requests left
             // waiting are answered by their dropped senders.
             if entry.waiting.is_empty() || runtime.is_none() {
-                entry.calls = entry.calls.saturating_sub(1);
-                if entry.calls == 0 {
-                    tags.remove(&self.tag);
-                }
+                give_back(&mut tags, &self.tag);
                 return;
             }
         }
@@ -242,20 +237,5 @@ impl Drop for Next {
         if let Some(rt) = runtime {
             rt.spawn(follow_on(self.calls.clone(), std::mem::take(&mut self.tag)));
         }
-    }
-}
-
-/// `HashMap::entry` without allocating the key when it is there already.
-trait EntryRef {
-    fn entry_ref(&mut self, tag: &str) -> &mut Tag;
-}
-
-impl EntryRef for HashMap<String, Tag> {
-    fn entry_ref(&mut self, tag: &str) -> &mut Tag {
-        if !self.contains_key(tag) {
-            self.insert(tag.to_owned(), Tag::default());
-        }
-        // Present: just inserted or found.
-        self.get_mut(tag).unwrap_or_else(|| unreachable!())
     }
 }
