@@ -84,29 +84,42 @@ where
 {
     // Every connection task holds a sender: `recv` returns `None` once all have ended.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
-    {
-        let mut incoming = std::pin::pin!(incoming);
-        let mut stopping = std::pin::pin!(stopped(stop.clone()));
-        loop {
-            let conn = tokio::select! {
-                () = &mut stopping => break,
-                c = incoming.next() => c,
-            };
-            let Some(Ok(conn)) = conn else {
-                anyhow::bail!("the gRPC accept loop ended");
-            };
-            let port = port.clone();
-            let stop = stop.clone();
-            let open = open.clone();
-            tokio::spawn(async move {
-                port.serve(conn, stopped(stop)).await;
-                drop(open);
-            });
-        }
-    }
+    accept_until_stopped(incoming, stop.clone(), "gRPC", |conn| {
+        let port = port.clone();
+        let stop = stop.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            port.serve(conn, stopped(stop)).await;
+            drop(open);
+        });
+    })
+    .await?;
     drop(open);
     let _ = all_closed.recv().await;
     Ok(())
+}
+
+/// Hands every connection `incoming` yields to `serve` until `stop`, then drops `incoming`,
+/// which closes the listener, so new clients are refused instead of waiting in the backlog
+/// of a port that will not answer. An accept loop that ends first is an error.
+async fn accept_until_stopped<C>(
+    incoming: impl Stream<Item = std::io::Result<Conn<C>>>,
+    stop: watch::Receiver<bool>,
+    listener: &str,
+    mut serve: impl FnMut(Conn<C>),
+) -> anyhow::Result<()> {
+    let mut incoming = std::pin::pin!(incoming);
+    let mut stop = std::pin::pin!(stopped(stop));
+    loop {
+        let conn = tokio::select! {
+            () = &mut stop => return Ok(()),
+            c = incoming.next() => c,
+        };
+        let Some(Ok(conn)) = conn else {
+            anyhow::bail!("the {listener} accept loop ended");
+        };
+        serve(conn);
+    }
 }
 
 /// Serves the admin router on its budgeted listener until `stop`, then lets the requests in
@@ -122,33 +135,21 @@ pub(super) async fn admin(
         .timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    {
-        // Dropped before the wait below: that closes the listener, so new clients are
-        // refused instead of waiting in the backlog of a port that will not answer.
-        let incoming = accept::incoming(listener, None, accept::first_bytes);
-        let mut incoming = std::pin::pin!(incoming);
-        let mut stop = std::pin::pin!(stopped(stop));
-        loop {
-            let conn = tokio::select! {
-                () = &mut stop => break,
-                c = incoming.next() => c,
-            };
-            let Some(Ok(conn)) = conn else {
-                anyhow::bail!("the admin accept loop ended");
-            };
-            let service = TowerToHyperService::new(router.clone());
-            let served = graceful.watch(
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(conn), service)
-                    .into_owned(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = served.await {
-                    tracing::debug!(error = %e, "admin connection ended with an error");
-                }
-            });
-        }
-    }
+    let incoming = accept::incoming(listener, None, accept::first_bytes);
+    accept_until_stopped(incoming, stop, "admin", |conn| {
+        let service = TowerToHyperService::new(router.clone());
+        let served = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(conn), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    })
+    .await?;
     graceful.shutdown().await;
     Ok(())
 }
