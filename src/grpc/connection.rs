@@ -221,10 +221,7 @@ fn send_message(mut respond: SendResponse<Bytes>, frame: Bytes) -> Result<(), h2
 }
 
 /// A status alone: HEADERS with `grpc-status` and `grpc-message`, ending the stream.
-pub(super) fn send_status(
-    mut respond: SendResponse<Bytes>,
-    status: Status,
-) -> Result<(), h2::Error> {
+fn send_status(mut respond: SendResponse<Bytes>, status: Status) -> Result<(), h2::Error> {
     let (head, ()) = status.into_http::<()>().into_parts();
     respond
         .send_response(http::Response::from_parts(head, ()), true)
@@ -372,12 +369,34 @@ mod tests {
         }
     }
 
-    async fn call(client: &SendRequest<Bytes>, path: &str, body: Bytes) -> Answer {
-        let request = http::Request::post(format!("http://rls{path}"))
+    /// A gRPC request's head for `path`.
+    fn grpc_request(path: &str) -> http::request::Builder {
+        http::Request::post(format!("http://rls{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(())
-            .unwrap();
+    }
+
+    /// The answer is one uncompressed frame holding an OK decision.
+    fn assert_admitted(answer: &Answer) {
+        assert_eq!(answer.code(), Code::Ok);
+        assert_eq!(answer.body[0], 0, "an uncompressed frame");
+        let response = RateLimitResponse::decode(&answer.body[5..]).expect("a whole response");
+        assert_eq!(response.overall_code, rate_limit_response::Code::Ok as i32);
+    }
+
+    /// Health, asked about the server as a whole (an empty request), answers SERVING.
+    async fn assert_serving(client: &SendRequest<Bytes>) {
+        let answer = call(client, HEALTH_CHECK, framed(0, b"")).await;
+        assert_eq!(answer.code(), Code::Ok);
+        let status = tonic_health::pb::HealthCheckResponse::decode(&answer.body[5..]).unwrap();
+        assert_eq!(
+            status.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    async fn call(client: &SendRequest<Bytes>, path: &str, body: Bytes) -> Answer {
+        let request = grpc_request(path).body(()).unwrap();
         let mut client = client.clone().ready().await.expect("ready");
         let (response, mut send) = client.send_request(request, false).expect("send");
         send.send_data(body, true).expect("send the message");
@@ -409,10 +428,7 @@ mod tests {
         for answer in futures_util::future::join_all(calls).await {
             assert_eq!(answer.head.status, http::StatusCode::OK);
             assert_eq!(answer.head.headers["content-type"], "application/grpc");
-            assert_eq!(answer.code(), Code::Ok);
-            assert_eq!(answer.body[0], 0, "an uncompressed frame");
-            let response = RateLimitResponse::decode(&answer.body[5..]).expect("a response");
-            assert_eq!(response.overall_code, rate_limit_response::Code::Ok as i32);
+            assert_admitted(&answer);
         }
     }
 
@@ -445,14 +461,7 @@ mod tests {
         let (client, _served) = connect(port(), stop_rx).await;
         let answer = call(&client, UNKNOWN_METHOD, should_rate_limit_message()).await;
         assert_eq!(answer.code(), Code::Unimplemented);
-        // An empty HealthCheckRequest asks about the server as a whole.
-        let answer = call(&client, HEALTH_CHECK, framed(0, b"")).await;
-        assert_eq!(answer.code(), Code::Ok);
-        let status = tonic_health::pb::HealthCheckResponse::decode(&answer.body[5..]).unwrap();
-        assert_eq!(
-            status.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
+        assert_serving(&client).await;
     }
 
     /// A client that grants a few bytes at a time still gets whole answers on both paths:
@@ -462,17 +471,8 @@ mod tests {
     async fn answers_larger_than_the_clients_window_arrive_whole() {
         let (_stop, stop_rx) = watch::channel(false);
         let (client, _served) = connect_with_window(port(), stop_rx, 3).await;
-        let answer = call(&client, SHOULD_RATE_LIMIT, should_rate_limit_message()).await;
-        assert_eq!(answer.code(), Code::Ok);
-        let response = RateLimitResponse::decode(&answer.body[5..]).expect("a whole response");
-        assert_eq!(response.overall_code, rate_limit_response::Code::Ok as i32);
-        let answer = call(&client, HEALTH_CHECK, framed(0, b"")).await;
-        assert_eq!(answer.code(), Code::Ok);
-        let status = tonic_health::pb::HealthCheckResponse::decode(&answer.body[5..]).unwrap();
-        assert_eq!(
-            status.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
+        assert_admitted(&call(&client, SHOULD_RATE_LIMIT, should_rate_limit_message()).await);
+        assert_serving(&client).await;
     }
 
     /// Headers over the 16 KiB bound announced in SETTINGS are refused by the HTTP/2 layer
@@ -481,8 +481,7 @@ mod tests {
     async fn a_header_block_over_the_bound_is_refused_and_the_connection_serves_on() {
         let (_stop, stop_rx) = watch::channel(false);
         let (client, _served) = connect(port(), stop_rx).await;
-        let request = http::Request::post(format!("http://rls{SHOULD_RATE_LIMIT}"))
-            .header("content-type", "application/grpc")
+        let request = grpc_request(SHOULD_RATE_LIMIT)
             .header("x-padding", "p".repeat(20 << 10))
             .body(())
             .unwrap();
@@ -512,9 +511,7 @@ mod tests {
             .expect("the connection ends after GOAWAY")
             .unwrap();
         // A new call finds the connection gone.
-        let request = http::Request::post(format!("http://rls{SHOULD_RATE_LIMIT}"))
-            .body(())
-            .unwrap();
+        let request = grpc_request(SHOULD_RATE_LIMIT).body(()).unwrap();
         let sent = match client.clone().ready().await {
             Ok(mut c) => c.send_request(request, true).map(drop),
             Err(e) => Err(e),
