@@ -181,6 +181,12 @@ impl std::fmt::Debug for DecisionSpan {
     }
 }
 
+/// Whether an exporter is configured: the gRPC port then keeps every request's headers for
+/// [`start`] to read the caller's trace context from.
+pub fn enabled() -> bool {
+    ACTIVE.get().is_some()
+}
+
 /// Starts the span of a decision, joined to the caller's trace found in `metadata`; `None`
 /// (at the cost of one load) when tracing is off.
 pub fn start(metadata: &tonic::metadata::MetadataMap) -> Option<DecisionSpan> {

@@ -1,19 +1,18 @@
-//! The gRPC port's HTTP/2 connections, served on the `h2` crate (docs/service.md §2, "The
-//! serving loop").
+//! The gRPC port's HTTP/2 connections, on our own HTTP/2 framing (`http2/`, docs/service.md
+//! §2, "The serving loop").
 //!
-//! Why not tonic's server (hyper): hyper runs every stream as a task of its own and wakes the
-//! connection's task for each response, so a decision paid a spawn and several wake-ups on
-//! top of its work, which a profile put among the largest costs per call. Here a
-//! `ShouldRateLimit` stream is a future polled inside its connection's task: the requests
-//! read in one wake-up are decided (memory store) or joined to the store's next call in that
-//! same wake-up, and the answers one store reply completes are written together, with one
-//! flush. The port's other services (health, reflection, and UNIMPLEMENTED for anything else)
-//! are rare and may stream, so they keep tonic's router, on a task per call (`routes.rs`).
+//! Each connection is one task. A turn reads what the socket has, lets the protocol state
+//! (`http2::session`) turn it into requests, decides the `ShouldRateLimit` ones as futures
+//! polled inside this task (the memory store answers in the same turn; a Redis call joins the
+//! store's next batch), and writes every answer the turn completed with one write. No task is
+//! spawned per decision, and no lock is shared with one. The port's other services (health,
+//! reflection, UNIMPLEMENTED for anything else) are rare and may stream, so they keep tonic's
+//! router, on a task per call (`routes.rs`).
 //!
-//! The HTTP/2 settings are hyper's defaults written out, and the bounds of docs/service.md §2
-//! are kept here: the stream bound announced in SETTINGS (h2 refuses a stream past it),
-//! keepalive PINGs that close a peer that stopped answering, GOAWAY at the maximum connection
-//! age and on stop. The hard close after the age's grace is the accept loop's deadline.
+//! The bounds of docs/service.md §2 are kept here: the stream bound announced in SETTINGS
+//! (counted until a stream's decision has finished), keepalive PINGs that close a peer that
+//! stopped answering, GOAWAY at the maximum connection age and on stop, and the handshake
+//! bound. The hard close after the age's grace is the accept loop's deadline.
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
@@ -22,22 +21,31 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use h2::server::SendResponse;
-use h2::{Ping, PingPong, RecvStream};
 use prost::bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
-use tonic::codegen::http::{self, HeaderMap, HeaderName, HeaderValue};
+use tonic::codegen::http::HeaderMap;
 use tonic::service::Routes;
 
 use super::RateLimitGrpc;
-use super::routes::{self, RecvBody};
-use super::server::{SHOULD_RATE_LIMIT, should_rate_limit};
+use super::http2::frame::{self, Reason};
+use super::http2::hpack;
+use super::http2::session::{Event, IdMap, Limits, RequestHead, Session};
+use super::routes::{Out, Outbox, Routed};
+use super::server::{self, Gather, SHOULD_RATE_LIMIT};
 
-/// Rounds of "accept what arrived, poll what is ready" in one wake-up before the task yields
-/// to the others on its worker.
+/// Rounds of "read what arrived, poll what is ready, write" in one wake-up before the task
+/// yields to the others on its worker.
 const ROUNDS: usize = 8;
+
+/// The read buffer: room for several whole frames of the 16 KiB we announce.
+const READ_BUFFER: usize = 64 << 10;
+
+/// Past this much unwritten output the connection stops reading: a peer that does not read
+/// its answers (or floods PINGs it never collects) is not buffered for without bound.
+const WRITE_HIGH_WATER: usize = 1 << 20;
 
 /// The HTTP/2 bounds of each connection.
 #[derive(Debug, Clone)]
@@ -55,19 +63,16 @@ pub struct Http2 {
 }
 
 impl Http2 {
-    fn builder(&self) -> h2::server::Builder {
-        let mut b = h2::server::Builder::new();
-        // hyper's defaults, which tonic's server used: 1 MiB windows so a burst of calls is
-        // not held back by WINDOW_UPDATE round trips, 16 KiB frames and header lists, a
-        // 400 KiB send buffer per stream, and at most 1024 streams reset for protocol errors.
-        b.initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 20)
-            .max_frame_size(16 << 10)
-            .max_header_list_size(16 << 10)
-            .max_send_buffer_size(400 << 10)
-            .max_local_error_reset_streams(Some(1024))
-            .max_concurrent_streams(self.max_concurrent_streams);
-        b
+    fn limits(&self) -> Limits {
+        Limits {
+            max_concurrent_streams: self.max_concurrent_streams,
+            // 1 MiB windows, as hyper had them, so a burst of calls is not held back by
+            // WINDOW_UPDATE round trips; 16 KiB header lists.
+            window: 1 << 20,
+            max_header_list: 16 << 10,
+            fast_path: SHOULD_RATE_LIMIT,
+            headers_on_fast_path: crate::telemetry::enabled(),
+        }
     }
 }
 
@@ -76,6 +81,9 @@ pub struct Port {
     rls: RateLimitGrpc,
     routes: Routes,
     http2: Http2,
+    /// The head and trailers of every admitted or limited answer, encoded once.
+    ok_head: Vec<u8>,
+    ok_trailers: Vec<u8>,
 }
 
 impl std::fmt::Debug for Port {
@@ -88,10 +96,17 @@ impl Port {
     /// `rls` answers `ShouldRateLimit`; `routes` every other path (tonic's router answers
     /// UNIMPLEMENTED for a path it does not know).
     pub fn new(rls: RateLimitGrpc, routes: Routes, http2: Http2) -> Self {
+        let mut ok_head = Vec::new();
+        hpack::encode_status(200, &mut ok_head);
+        hpack::encode_field(b"content-type", b"application/grpc", &mut ok_head);
+        let mut ok_trailers = Vec::new();
+        hpack::encode_field(b"grpc-status", b"0", &mut ok_trailers);
         Port {
             rls,
             routes: routes.prepare(),
             http2,
+            ok_head,
+            ok_trailers,
         }
     }
 
@@ -103,76 +118,74 @@ impl Port {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let handshake = self.http2.builder().handshake::<_, Bytes>(io);
-        let mut conn = match tokio::time::timeout(self.http2.handshake_timeout, handshake).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "gRPC connection: HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("gRPC connection: closed, the HTTP/2 handshake took too long");
-                return;
-            }
+        let (outbox, mut routed_out) = mpsc::unbounded_channel();
+        let mut conn = Conn {
+            port: self,
+            io,
+            session: Session::new(self.http2.limits()),
+            input: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
+            events: Vec::new(),
+            streams: IdMap::default(),
+            outbox,
+            reading: true,
+            writing: true,
+            block: Vec::new(),
         };
-        let Some(pings) = conn.ping_pong() else {
-            // Only `None` when taken before; this is the first and only take.
-            return;
-        };
-        let mut keepalive = Keepalive::new(pings, &self.http2);
+        let mut calls = FuturesUnordered::new();
+        let mut starts = Vec::new();
+        let mut keepalive = Keepalive::new(&self.http2);
+        let mut handshake = Some(Box::pin(tokio::time::sleep(self.http2.handshake_timeout)));
         let mut age = self
             .http2
             .max_age
             .map(|age| Box::pin(tokio::time::sleep(age)));
         let mut stop = pin!(stop);
         let mut stopping = false;
-        let mut open = true;
-        let mut calls = FuturesUnordered::new();
 
         poll_fn(|cx| {
             if !stopping && stop.as_mut().poll(cx).is_ready() {
-                conn.graceful_shutdown();
+                conn.session.go_away();
                 stopping = true;
             }
             if let Some(at) = &mut age
                 && at.as_mut().poll(cx).is_ready()
             {
                 tracing::debug!("gRPC connection: maximum age reached, sending GOAWAY");
-                conn.graceful_shutdown();
+                conn.session.go_away();
                 age = None;
             }
-            if open && keepalive.poll_dead(cx).is_ready() {
+            if let Some(at) = &mut handshake {
+                if conn.session.is_ready() {
+                    handshake = None;
+                } else if at.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("gRPC connection: closed, the HTTP/2 handshake took too long");
+                    conn.close();
+                    handshake = None;
+                }
+            }
+            if conn.reading && keepalive.poll_dead(cx, &mut conn.session).is_ready() {
                 // The peer is gone: stop serving it, finish the decisions it started (what
                 // they count stays whole), then close.
                 tracing::debug!("gRPC connection: closed, a keepalive PING went unanswered");
-                open = false;
+                conn.close();
             }
             for _ in 0..ROUNDS {
-                let mut progress = false;
-                // Accepting also drives the connection: reads frames, writes what the calls
-                // queued, flushes.
-                while open {
-                    match conn.poll_accept(cx) {
-                        Poll::Ready(Some(Ok((request, respond)))) => {
-                            progress = true;
-                            if request.uri().path() == SHOULD_RATE_LIMIT {
-                                calls.push(call(&self.rls, request, respond));
-                            } else {
-                                tokio::spawn(routes::serve(self.routes.clone(), request, respond));
-                            }
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            tracing::debug!(error = %e, "gRPC connection failed");
-                            open = false;
-                        }
-                        Poll::Ready(None) => open = false,
-                        Poll::Pending => break,
-                    }
+                let mut progress = conn.read(cx, &mut keepalive, &mut starts);
+                for (stream, message, span) in starts.drain(..) {
+                    calls.push(decide(&self.rls, stream, message, span));
                 }
-                while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {
+                while let Poll::Ready(Some((stream, answer))) = calls.poll_next_unpin(cx) {
                     progress = true;
+                    conn.answer(stream, answer);
                 }
-                if !open && calls.is_empty() {
+                while let Poll::Ready(Some((stream, out))) = routed_out.poll_recv(cx) {
+                    progress = true;
+                    conn.routed(stream, out);
+                }
+                conn.write(cx);
+                if conn.is_done() && calls.is_empty() {
                     return Poll::Ready(());
                 }
                 if !progress {
@@ -184,63 +197,326 @@ impl Port {
             Poll::Pending
         })
         .await;
+        conn.close();
+        let _ = poll_fn(|cx| Pin::new(&mut conn.io).poll_shutdown(cx)).await;
     }
 }
 
-/// One `ShouldRateLimit` stream: decide, then answer with the message and `grpc-status: 0`,
-/// or with the refusal's status alone (a trailers-only response, as gRPC has it).
-async fn call(
+/// What the connection keeps of each stream besides its protocol state.
+#[derive(Debug)]
+enum Local {
+    /// A decision's message being read, and the request's headers when tracing reads them.
+    Reading(Gather, Option<HeaderMap>),
+    /// Its decision is running.
+    Deciding,
+    Routed(Routed),
+}
+
+/// A decision in flight: its stream and its answer.
+type Answer = (u32, Result<Bytes, Status>);
+
+/// One connection's socket, protocol state and streams.
+struct Conn<'p, IO> {
+    port: &'p Port,
+    io: IO,
+    session: Session,
+    input: Vec<u8>,
+    /// The unread bytes are `input[start..end]`.
+    start: usize,
+    end: usize,
+    events: Vec<Event>,
+    streams: IdMap<Local>,
+    outbox: Outbox,
+    /// Frames are still read (no connection error, no EOF, no dead keepalive).
+    reading: bool,
+    /// Answers can still be written.
+    writing: bool,
+    /// Reused for the header blocks of refusals and routed answers.
+    block: Vec<u8>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
+    /// Stops reading; the routed calls end (nobody will read their answers); decisions in
+    /// flight finish.
+    fn close(&mut self) {
+        self.reading = false;
+        for local in self.streams.values() {
+            if let Local::Routed(routed) = local {
+                routed.abort();
+            }
+        }
+    }
+
+    /// Nothing more will be read or answered: the caller ends once the decisions finish.
+    fn is_done(&self) -> bool {
+        let drained = self.session.is_closing() && self.session.streams() == 0;
+        let quiet = !self.writing || self.session.output_is_empty();
+        (!self.reading || drained) && quiet
+    }
+
+    /// Reads and handles what the socket has, and puts the decisions to start in `starts`;
+    /// true if anything came.
+    fn read(
+        &mut self,
+        cx: &mut Context<'_>,
+        keepalive: &mut Keepalive,
+        starts: &mut Vec<Start>,
+    ) -> bool {
+        let mut progress = false;
+        while self.reading && self.session.output().len() < WRITE_HIGH_WATER {
+            if self.input.len() - self.end < frame::HEAD_LEN + frame::DEFAULT_MAX_FRAME {
+                // Room for a whole frame past what is unread.
+                self.input.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let mut buf = ReadBuf::new(&mut self.input[self.end..]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "gRPC connection: reading failed");
+                    self.close();
+                    self.writing = false;
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    progress = true;
+                    if n == 0 {
+                        // The peer closed its side: answer what it asked, then close.
+                        self.close();
+                        break;
+                    }
+                    self.end += n;
+                    let (used, result) = self
+                        .session
+                        .receive(&self.input[self.start..self.end], &mut self.events);
+                    self.start += used;
+                    if self.start == self.end {
+                        self.start = 0;
+                        self.end = 0;
+                    }
+                    let mut events = std::mem::take(&mut self.events);
+                    for event in events.drain(..) {
+                        self.event(event, keepalive, starts);
+                    }
+                    self.events = events;
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "gRPC connection failed");
+                        self.close();
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    fn event(&mut self, event: Event, keepalive: &mut Keepalive, starts: &mut Vec<Start>) {
+        match event {
+            Event::Open { stream, head, end } => self.open(stream, head, end),
+            Event::Data { stream, data, end } => self.data(stream, data, end, starts),
+            Event::Reset { stream } => match self.streams.remove(&stream) {
+                Some(Local::Routed(routed)) => {
+                    routed.abort();
+                    self.session.release(stream);
+                }
+                // Its decision goes on (what it counts stays whole); the answer is dropped.
+                Some(Local::Deciding) => {
+                    self.streams.insert(stream, Local::Deciding);
+                }
+                Some(Local::Reading(..)) | None => self.session.release(stream),
+            },
+            Event::Pong(payload) => keepalive.pong(payload),
+        }
+    }
+
+    fn open(&mut self, stream: u32, head: RequestHead, end: bool) {
+        if head.path != SHOULD_RATE_LIMIT {
+            let routed = Routed::start(
+                self.port.routes.clone(),
+                stream,
+                head,
+                end,
+                self.outbox.clone(),
+            );
+            self.streams.insert(stream, Local::Routed(routed));
+            return;
+        }
+        if let Err(status) = server::check_encoding(head.encoding.as_deref()) {
+            return self.refuse(stream, status);
+        }
+        if end {
+            return self.refuse(stream, Gather::default().ended());
+        }
+        self.streams
+            .insert(stream, Local::Reading(Gather::default(), head.headers));
+    }
+
+    fn data(&mut self, stream: u32, data: Bytes, end: bool, starts: &mut Vec<Start>) {
+        match self.streams.get_mut(&stream) {
+            Some(Local::Reading(gather, headers)) => match gather.push(data) {
+                Ok(Some(message)) => {
+                    // One span per decision when OTLP export is on (docs/observability.md §7).
+                    let span = headers.take().and_then(|h| {
+                        crate::telemetry::start(&tonic::metadata::MetadataMap::from_headers(h))
+                    });
+                    self.streams.insert(stream, Local::Deciding);
+                    starts.push((stream, message, span));
+                }
+                Ok(None) if end => {
+                    let status = gather.ended();
+                    self.refuse(stream, status);
+                }
+                Ok(None) => {}
+                Err(status) => self.refuse(stream, status),
+            },
+            Some(Local::Routed(routed)) => {
+                if routed.push(data, end).is_err() {
+                    routed.abort();
+                    self.streams.remove(&stream);
+                    self.session.cancel(stream, Reason::ENHANCE_YOUR_CALM);
+                    self.session.release(stream);
+                }
+            }
+            // Bytes after the message, or for a stream already answered: not read.
+            Some(Local::Deciding) | None => {}
+        }
+    }
+
+    /// Answers `stream` with `status` alone and forgets it.
+    fn refuse(&mut self, stream: u32, status: Status) {
+        self.streams.remove(&stream);
+        self.block.clear();
+        status_block(&status, &mut self.block);
+        self.session.send_head(stream, &self.block, true);
+        self.session.release(stream);
+    }
+
+    /// A decision's answer: the message and `grpc-status: 0`, or the refusal's status alone
+    /// (trailers-only, as gRPC has it).
+    fn answer(&mut self, stream: u32, answer: Result<Bytes, Status>) {
+        self.streams.remove(&stream);
+        match answer {
+            Ok(message) => {
+                let port = self.port;
+                self.session.send_head(stream, &port.ok_head, false);
+                self.session.send_data(stream, message, false);
+                self.session.send_trailers(stream, &port.ok_trailers);
+                self.session.release(stream);
+            }
+            Err(status) => self.refuse(stream, status),
+        }
+    }
+
+    /// A piece of a routed call's response.
+    fn routed(&mut self, stream: u32, out: Out) {
+        let finished = match out {
+            Out::Head(head, end) => {
+                self.block.clear();
+                hpack::encode_status(head.status.as_u16(), &mut self.block);
+                fields(&head.headers, &mut self.block);
+                self.session.send_head(stream, &self.block, end);
+                end
+            }
+            Out::Data(data) => {
+                self.session.send_data(stream, data, false);
+                false
+            }
+            Out::Trailers(trailers) => {
+                self.block.clear();
+                fields(&trailers, &mut self.block);
+                self.session.send_trailers(stream, &self.block);
+                true
+            }
+            Out::End => {
+                self.session.send_data(stream, Bytes::new(), true);
+                true
+            }
+            Out::Failed => {
+                self.session.cancel(stream, Reason::INTERNAL_ERROR);
+                true
+            }
+        };
+        if finished && self.streams.remove(&stream).is_some() {
+            self.session.release(stream);
+        }
+    }
+
+    /// Writes what the session has queued, as far as the socket takes it.
+    fn write(&mut self, cx: &mut Context<'_>) {
+        if !self.writing {
+            self.session.output().clear();
+            return;
+        }
+        let mut wrote = false;
+        loop {
+            let out = self.session.output();
+            if out.is_empty() {
+                break;
+            }
+            match Pin::new(&mut self.io).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    tracing::debug!("gRPC connection: writing failed, the peer is gone");
+                    self.writing = false;
+                    self.close();
+                    self.session.output().clear();
+                    return;
+                }
+                Poll::Ready(Ok(n)) => {
+                    out.drain(..n);
+                    wrote = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if wrote {
+            // TLS holds records until flushed; a plain socket flushes at once.
+            if let Poll::Ready(Err(_)) = Pin::new(&mut self.io).poll_flush(cx) {
+                self.writing = false;
+                self.close();
+            }
+        }
+    }
+}
+
+/// A decision to start: its stream, its message, its trace span.
+type Start = (u32, Bytes, Option<crate::telemetry::DecisionSpan>);
+
+async fn decide(
     grpc: &RateLimitGrpc,
-    request: http::Request<RecvStream>,
-    respond: SendResponse<Bytes>,
-) {
-    let (head, body) = request.into_parts();
-    let answer = should_rate_limit(grpc, head.headers, RecvBody::new(body)).await;
-    let sent = match answer {
-        Ok(frame) => send_message(respond, frame),
-        Err(status) => send_status(respond, status),
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "a ShouldRateLimit answer was not sent: the stream is gone");
+    stream: u32,
+    message: Bytes,
+    span: Option<crate::telemetry::DecisionSpan>,
+) -> Answer {
+    (stream, server::decide(grpc, message, span).await)
+}
+
+/// A status alone as a response head: `:status 200` and tonic's gRPC fields for it.
+fn status_block(status: &Status, block: &mut Vec<u8>) {
+    hpack::encode_status(200, block);
+    let (head, ()) = status.clone().into_http::<()>().into_parts();
+    fields(&head.headers, block);
+}
+
+fn fields(headers: &HeaderMap, block: &mut Vec<u8>) {
+    for (name, value) in headers {
+        hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), block);
     }
-}
-
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
-fn send_message(mut respond: SendResponse<Bytes>, frame: Bytes) -> Result<(), h2::Error> {
-    let mut head = http::Response::new(());
-    head.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    let mut stream = respond.send_response(head, false)?;
-    stream.send_data(frame, false)?;
-    let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
-    stream.send_trailers(trailers)
-}
-
-/// A status alone: HEADERS with `grpc-status` and `grpc-message`, ending the stream.
-fn send_status(mut respond: SendResponse<Bytes>, status: Status) -> Result<(), h2::Error> {
-    let (head, ()) = status.into_http::<()>().into_parts();
-    respond
-        .send_response(http::Response::from_parts(head, ()), true)
-        .map(drop)
 }
 
 /// The keepalive PINGs: one every interval, none while one is unanswered.
 struct Keepalive {
-    pings: PingPong,
     timer: Pin<Box<Sleep>>,
     waiting: bool,
     interval: Duration,
     timeout: Duration,
 }
 
+/// Our PINGs' payload; a PING ACK with another is the peer's own business.
+const PING: [u8; 8] = *b"ironclad";
+
 impl Keepalive {
-    fn new(pings: PingPong, http2: &Http2) -> Self {
+    fn new(http2: &Http2) -> Self {
         Keepalive {
-            pings,
             timer: Box::pin(tokio::time::sleep(http2.keepalive_interval)),
             waiting: false,
             interval: http2.keepalive_interval,
@@ -248,30 +524,25 @@ impl Keepalive {
         }
     }
 
-    /// Ready when the peer let a PING go unanswered past the timeout (or the connection
-    /// can no longer send one).
-    fn poll_dead(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.waiting {
-                match self.pings.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.waiting = false;
-                        self.timer.as_mut().reset(Instant::now() + self.interval);
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Pending => {}
-                }
-            }
-            ready!(self.timer.as_mut().poll(cx));
-            if self.waiting {
-                return Poll::Ready(());
-            }
-            if self.pings.send_ping(Ping::opaque()).is_err() {
-                return Poll::Ready(());
-            }
-            self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + self.timeout);
+    fn pong(&mut self, payload: [u8; 8]) {
+        if self.waiting && payload == PING {
+            self.waiting = false;
+            self.timer.as_mut().reset(Instant::now() + self.interval);
         }
+    }
+
+    /// Ready when the peer let a PING go unanswered past the timeout.
+    fn poll_dead(&mut self, cx: &mut Context<'_>, session: &mut Session) -> Poll<()> {
+        ready!(self.timer.as_mut().poll(cx));
+        if self.waiting {
+            return Poll::Ready(());
+        }
+        session.ping(PING);
+        self.waiting = true;
+        self.timer.as_mut().reset(Instant::now() + self.timeout);
+        // Polled again so that the timer's new deadline wakes this task.
+        let _ = self.timer.as_mut().poll(cx);
+        Poll::Pending
     }
 }
 
@@ -289,6 +560,7 @@ mod tests {
 
     use super::*;
     use crate::proto::{RateLimitResponse, rate_limit_response};
+    use tonic::codegen::http;
 
     const UNKNOWN_METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/Other";
     const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";

@@ -5,6 +5,7 @@
 
 mod connection;
 pub mod convert;
+mod http2;
 pub mod json;
 mod routes;
 mod server;

@@ -1,29 +1,120 @@
 //! The gRPC port's other services (health, reflection, UNIMPLEMENTED for unknown paths):
-//! tonic's router called with an h2 stream's request, its response written back to the
-//! stream. Each call runs on a task of its own, since a health `Watch` streams for as long as
-//! the client listens; the client's RST_STREAM ends it.
+//! tonic's router, called on a task of its own per call, since a health `Watch` streams for as
+//! long as the client listens and reflection is a bidirectional stream. The request's body
+//! reaches the task over a small channel; the response's head, data and trailers come back to
+//! the connection over the connection's outbox, and the connection writes them as the
+//! client's window allows. The client's RST_STREAM, or the connection's end, aborts the task.
 
-use std::future::poll_fn;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll, ready};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use prost::bytes::Bytes;
-use tonic::codegen::{Service, http};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderMap};
 use tonic::service::Routes;
 
-/// Answers one request through `routes`.
-pub(super) async fn serve(
+use super::http2::session::RequestHead;
+
+/// DATA frames a routed call may have unread before its stream is reset: its requests are
+/// a few bytes each, and a client that floods one is not buffered without bound.
+const BODY_FRAMES: usize = 16;
+
+/// A piece of a routed call's response, for the connection to write.
+#[derive(Debug)]
+pub(super) enum Out {
+    /// The head; `end` when there is no body.
+    Head(http::response::Parts, bool),
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body ended without trailers.
+    End,
+    /// The body failed outright (tonic's bodies carry a failed call's status in trailers).
+    Failed,
+}
+
+/// Where a connection's routed calls send their responses, with their stream's id.
+pub(super) type Outbox = mpsc::UnboundedSender<(u32, Out)>;
+
+/// What the connection keeps of a routed call.
+#[derive(Debug)]
+pub(super) struct Routed {
+    body: Option<mpsc::Sender<Bytes>>,
+    task: AbortHandle,
+}
+
+impl Routed {
+    /// Starts a call of `head` on `routes`; `end` when the request has no body.
+    pub(super) fn start(
+        routes: Routes,
+        stream: u32,
+        head: RequestHead,
+        end: bool,
+        outbox: Outbox,
+    ) -> Routed {
+        let (sender, receiver) = mpsc::channel(BODY_FRAMES);
+        let mut request = http::Request::new(ChannelBody(receiver));
+        *request.method_mut() =
+            http::Method::from_bytes(head.method.as_bytes()).unwrap_or(http::Method::POST);
+        // The router reads the path; an unparsable one still reaches it (as "/") and is
+        // answered UNIMPLEMENTED.
+        let mut uri = http::Uri::builder().scheme(head.scheme.as_str());
+        if let Some(authority) = &head.authority {
+            uri = uri.authority(authority.as_str());
+        }
+        *request.uri_mut() = uri
+            .path_and_query(head.path.as_str())
+            .build()
+            .or_else(|_| head.path.parse())
+            .unwrap_or_default();
+        *request.version_mut() = http::Version::HTTP_2;
+        if let Some(headers) = head.headers {
+            *request.headers_mut() = headers;
+        }
+        let task = tokio::spawn(call(routes, request, stream, outbox)).abort_handle();
+        Routed {
+            body: (!end).then_some(sender),
+            task,
+        }
+    }
+
+    /// Passes request body bytes on; `Err` when the call has left too many unread.
+    pub(super) fn push(&mut self, data: Bytes, end: bool) -> Result<(), ()> {
+        if let Some(body) = &self.body
+            && !data.is_empty()
+        {
+            match body.try_send(data) {
+                Ok(()) => {}
+                // The call finished without reading all of it: nothing more to pass on.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(()),
+            }
+        }
+        if end {
+            self.body = None;
+        }
+        Ok(())
+    }
+
+    /// Ends the call (its stream was reset, or the connection is gone).
+    pub(super) fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+async fn call(
     mut routes: Routes,
-    request: http::Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    request: http::Request<ChannelBody>,
+    stream: u32,
+    outbox: Outbox,
 ) {
-    let request = request.map(RecvBody::new);
-    let ready =
-        poll_fn(|cx| <Routes as Service<http::Request<RecvBody>>>::poll_ready(&mut routes, cx));
+    let ready = std::future::poll_fn(|cx| {
+        <Routes as Service<http::Request<ChannelBody>>>::poll_ready(&mut routes, cx)
+    });
     let response = match ready.await {
         Ok(()) => routes.call(request).await,
         Err(e) => Err(e),
@@ -32,125 +123,47 @@ pub(super) async fn serve(
         Ok(r) => r,
         Err(never) => match never {},
     };
-    if let Err(e) = write(&mut respond, response).await {
-        tracing::debug!(error = %e, "a gRPC response was cut short: the stream is gone");
-    }
-}
-
-/// Writes the response's head, its body as DATA frames as the peer's window allows, then its
-/// trailers; stops when the peer resets the stream.
-async fn write(
-    respond: &mut SendResponse<Bytes>,
-    response: http::Response<tonic::body::Body>,
-) -> Result<(), h2::Error> {
-    let (head, body) = response.into_parts();
+    let (head, mut body) = response.into_parts();
     let empty = body.is_end_stream();
-    let mut stream = respond.send_response(http::Response::from_parts(head, ()), empty)?;
-    if empty {
-        return Ok(());
+    if outbox.send((stream, Out::Head(head, empty))).is_err() || empty {
+        return;
     }
-    let mut body = pin!(body);
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            // A health Watch has no end of its own: the client's cancel is its end.
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => return Ok(()),
-        };
-        match frame {
-            None => return stream.send_data(Bytes::new(), true),
+        let out = match body.frame().await {
+            None => Out::End,
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => send_data(&mut stream, data).await?,
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        return stream.send_trailers(trailers);
-                    }
-                }
+                Ok(data) => Out::Data(data),
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => Out::Trailers(trailers),
+                    // A frame kind http_body may add later: nothing to write.
+                    Err(_) => continue,
+                },
             },
-            // tonic's bodies carry a failed call's status in their trailers; an error here
-            // is the body failing outright.
             Some(Err(status)) => {
                 tracing::debug!(%status, "a gRPC response body failed");
-                stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                return Ok(());
+                Out::Failed
             }
+        };
+        let last = !matches!(out, Out::Data(_));
+        if outbox.send((stream, out)).is_err() || last {
+            return;
         }
     }
 }
 
-/// Sends `data` in pieces as flow control grants capacity, so a large reflection answer
-/// waits for the peer's window instead of piling up in the send buffer.
-async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        match poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(Ok(granted)) => {
-                let piece = data.split_to(granted.min(data.len()));
-                if !piece.is_empty() {
-                    stream.send_data(piece, false)?;
-                }
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
-        }
-    }
-    Ok(())
-}
+/// A routed call's request body: the DATA the connection passed on, until END_STREAM.
+struct ChannelBody(mpsc::Receiver<Bytes>);
 
-/// An h2 request body as an `http_body::Body`, giving each DATA frame's bytes back to the
-/// flow-control window as it is read.
-pub(super) struct RecvBody {
-    stream: RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl RecvBody {
-    pub(super) fn new(stream: RecvStream) -> Self {
-        RecvBody {
-            stream,
-            data_done: false,
-            done: false,
-        }
-    }
-}
-
-impl Body for RecvBody {
+impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match ready!(this.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Released at once: the message is small and read right away, and a
-                    // window that is never given back would stall the connection.
-                    let _ = this.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(this.stream.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|d| Ok(Frame::data(d))))
     }
 }

@@ -15,11 +15,9 @@
 //! compressed one (no compression is offered), INTERNAL for a body that is not one gRPC
 //! frame.
 
-use http_body_util::BodyExt;
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
-use tonic::codegen::{Body, StdError, http};
 
 use super::{MAX_MESSAGE_BYTES, RateLimitGrpc};
 
@@ -29,27 +27,25 @@ pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitServic
 /// A gRPC frame's header: the compressed flag and the message's length (big-endian u32).
 pub const FRAME_HEADER: usize = 5;
 
-/// One `ShouldRateLimit` call: its message, the answer, the response as one gRPC frame.
-pub async fn should_rate_limit<B>(
-    grpc: &RateLimitGrpc,
-    headers: http::HeaderMap,
-    body: B,
-) -> Result<Bytes, Status>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<StdError>,
-{
-    if let Some(encoding) = headers.get("grpc-encoding")
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(Status::unimplemented(format!(
+/// Refuses a request whose `grpc-encoding` says its message is compressed: no compression
+/// is offered.
+pub fn check_encoding(encoding: Option<&[u8]>) -> Result<(), Status> {
+    match encoding {
+        Some(encoding) if encoding != b"identity" => Err(Status::unimplemented(format!(
             "grpc-encoding {} is not supported: send messages uncompressed",
-            String::from_utf8_lossy(encoding.as_bytes())
-        )));
+            String::from_utf8_lossy(encoding)
+        ))),
+        _ => Ok(()),
     }
-    // One span per decision when OTLP export is on (docs/observability.md §7).
-    let span = crate::telemetry::start(&tonic::metadata::MetadataMap::from_headers(headers));
-    let message = read_message(body).await?;
+}
+
+/// One `ShouldRateLimit` call's answer to its message, as one gRPC frame. `span` is the
+/// decision's trace span when OTLP export is on (docs/observability.md §7).
+pub async fn decide(
+    grpc: &RateLimitGrpc,
+    message: Bytes,
+    span: Option<crate::telemetry::DecisionSpan>,
+) -> Result<Bytes, Status> {
     let answer = grpc.answer(&message).await;
     if let Some(span) = span {
         span.finish(&message, &answer);
@@ -57,37 +53,38 @@ where
     answer.map(|response| encode(&response))
 }
 
-/// Reads the body up to the end of its first gRPC frame, and returns that frame's message.
-/// The length is checked against the bound before the message is read, so an oversized one
-/// is refused without being buffered.
-async fn read_message<B>(body: B) -> Result<Bytes, Status>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<StdError>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut pieces = Pieces::default();
-    loop {
-        let have = pieces.len();
-        if have >= FRAME_HEADER {
-            let len = frame_length(pieces.as_slice())?;
-            if have >= FRAME_HEADER + len {
-                return Ok(pieces.into_bytes().slice(FRAME_HEADER..FRAME_HEADER + len));
-            }
+/// A request body read up to the end of its first gRPC frame. The length is checked
+/// against the bound as soon as the frame's header is in, so an oversized message is
+/// refused without being buffered.
+#[derive(Debug, Default)]
+pub struct Gather {
+    pieces: Pieces,
+}
+
+impl Gather {
+    /// Adds the body's next bytes: the message once its frame is whole, a refusal when the
+    /// frame's header is bad.
+    pub fn push(&mut self, data: Bytes) -> Result<Option<Bytes>, Status> {
+        self.pieces.push(data);
+        let have = self.pieces.len();
+        if have < FRAME_HEADER {
+            return Ok(None);
         }
-        let data = match body.frame().await {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-            Some(Err(e)) => {
-                let e: StdError = e.into();
-                return Err(Status::internal(format!("reading the request failed: {e}")));
-            }
-            None if have == 0 => return Err(Status::internal("the request has no message")),
-            None => return Err(Status::internal("the request's message is truncated")),
-        };
-        pieces.push(data);
+        let len = frame_length(self.pieces.as_slice())?;
+        if have < FRAME_HEADER + len {
+            return Ok(None);
+        }
+        let whole = std::mem::take(&mut self.pieces).into_bytes();
+        Ok(Some(whole.slice(FRAME_HEADER..FRAME_HEADER + len)))
+    }
+
+    /// The refusal for a body that ended before its frame was whole.
+    pub fn ended(&self) -> Status {
+        if self.pieces.len() == 0 {
+            Status::internal("the request has no message")
+        } else {
+            Status::internal("the request's message is truncated")
+        }
     }
 }
 
@@ -172,12 +169,8 @@ pub fn encode(message: &impl Message) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use super::*;
     use crate::proto::RateLimitResponse;
-    use http_body::Frame;
-    use http_body_util::StreamBody;
 
     fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
         let mut v = vec![flag];
@@ -187,15 +180,13 @@ mod tests {
     }
 
     fn read(chunks: Vec<Vec<u8>>) -> Result<Bytes, Status> {
-        let frames = futures_util::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from(c)))),
-        );
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(read_message(StreamBody::new(frames)))
+        let mut gather = Gather::default();
+        for chunk in chunks {
+            if let Some(message) = gather.push(Bytes::from(chunk))? {
+                return Ok(message);
+            }
+        }
+        Err(gather.ended())
     }
 
     #[test]
