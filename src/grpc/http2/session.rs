@@ -270,8 +270,11 @@ impl Session {
             frame::goaway(&mut self.out, last, e.reason);
             self.goaway = Some(last);
             self.state = State::Failed;
+        } else if !matches!(self.state, State::Failed) {
+            // After a connection error only the GOAWAY may follow (RFC 9113 §5.4.1), on
+            // this turn and on any later one.
+            self.announce_window();
         }
-        self.announce_window();
         (at, result)
     }
 
@@ -348,6 +351,11 @@ impl Session {
                     return Err(fail(Reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
                 }
                 if head.len != 5 {
+                    // A stream error, but RST_STREAM may not name an idle stream (RFC 9113
+                    // §6.4), so there it is the connection's.
+                    if self.is_idle(head.stream) {
+                        return Err(fail(Reason::FRAME_SIZE_ERROR, "PRIORITY is not 5 bytes"));
+                    }
                     self.reset(head.stream, Reason::FRAME_SIZE_ERROR, events);
                 }
                 Ok(())
@@ -410,9 +418,11 @@ impl Session {
         }
     }
 
-    /// Not yet opened by the peer: above the last stream it opened.
+    /// Not yet opened by the peer: above the last stream it opened, or one it can never
+    /// open (a client's streams are odd, RFC 9113 §5.1.1), so a frame on it is a
+    /// connection error rather than one for a forgotten stream.
     fn is_idle(&self, stream: u32) -> bool {
-        stream > self.last_stream
+        stream > self.last_stream || stream.is_multiple_of(2)
     }
 
     fn settings(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -716,8 +726,13 @@ impl Session {
             ));
         }
         self.last_stream = stream;
-        if self.goaway.is_some_and(|last| stream > last) || self.peer_goaway {
-            // After our GOAWAY: not processed, and the peer knows it may retry.
+        if self.goaway.is_some_and(|last| stream > last) {
+            // After our GOAWAY: not processed, and the peer knows from it that it may retry.
+            return Ok(());
+        }
+        if self.peer_goaway || self.streams.len() >= self.limits.max_concurrent_streams as usize {
+            // Not processed, said so, so the client may retry it elsewhere (RFC 9113 §8.7).
+            frame::rst_stream(&mut self.out, stream, Reason::REFUSED_STREAM);
             return Ok(());
         }
         let open = Stream {
@@ -728,10 +743,6 @@ impl Session {
             recv_window: i64::from(self.limits.window),
             queued: VecDeque::new(),
         };
-        if self.streams.len() >= self.limits.max_concurrent_streams as usize {
-            frame::rst_stream(&mut self.out, stream, Reason::REFUSED_STREAM);
-            return Ok(());
-        }
         match decoded {
             Decoded::Head(head) => {
                 self.streams.insert(stream, open);
@@ -748,9 +759,9 @@ impl Session {
             }
             Decoded::Malformed(why) => {
                 tracing::debug!(stream, why, "HTTP/2: a malformed request");
-                self.streams.insert(stream, open);
-                self.reset(stream, Reason::PROTOCOL_ERROR, events);
-                self.release(stream);
+                // Never shown to the application, so it gets no Reset event for it; its
+                // later frames land on a forgotten stream.
+                frame::rst_stream(&mut self.out, stream, Reason::PROTOCOL_ERROR);
             }
         }
         Ok(())
