@@ -498,10 +498,40 @@ fn known_waves() -> Vec<Waves> {
         ),
         req(false, vec![op(0, 1, false, true, false)]),
     ];
-    vec![Waves {
-        counters,
-        waves: vec![wave.clone(), wave],
-    }]
+    // A bucket's key expires when its debt is paid off at the limit of the counter that
+    // wrote it; Redis keeps the key through that ms. Counter 0 (limit 2^32 - 1) empties a
+    // 4-token bucket that it refills within 1 ms, so the key it writes expires 1 ms later;
+    // counter 1, the same key and window at limit 4, still finds nearly all that debt there
+    // in that ms. Its dry run, in the next call, disagreed when that call ran exactly at the
+    // expiry ms (the memory store had dropped the state: a full bucket; Redis an empty one).
+    // Which ms the next call runs in is not ours to choose, so the pair repeats: a wave
+    // in the same ms reads it alike (counter 0 is then over, writing nothing), and the ms
+    // after it is the one that disagreed.
+    let bucket = |limit| Counter {
+        name: 2,
+        algorithm: Algorithm::TokenBucket,
+        window_secs: 1,
+        limit,
+        capacity: 4,
+    };
+    let expiring = Waves {
+        counters: vec![bucket(u64::from(u32::MAX)), bucket(4)],
+        waves: (0..40)
+            .map(|_| {
+                vec![
+                    req(true, vec![op(1, 1, false, true, false)]),
+                    req(false, vec![op(0, 4, false, true, false)]),
+                ]
+            })
+            .collect(),
+    };
+    vec![
+        Waves {
+            counters,
+            waves: vec![wave.clone(), wave],
+        },
+        expiring,
+    ]
 }
 
 #[test]
@@ -543,8 +573,10 @@ fn coalesced_requests_are_answered_as_if_each_was_sent_alone() {
     }
     let calls = server.command_calls("fcall") - before;
     println!("known waves: {sent} requests in {calls} calls");
+    // One call per wave (and one more, should the library need loading first).
+    let known: usize = known_waves().iter().map(|w| w.waves.len()).sum();
     assert!(
-        calls <= known_waves()[0].waves.len() as u64 + 1,
+        calls <= known as u64 + 1,
         "{calls} calls for {sent} requests in waves: they were not coalesced"
     );
     let cases = AtomicU64::new(0);

@@ -274,7 +274,8 @@ impl State {
             Slot::Log(_, win) => log.newest().is_some_and(|t| t.saturating_add(*win) > now),
             _ => false,
         });
-        self.buckets.retain(|_, b| b.until > now);
+        // Held through `until` itself, as `bucket::load` reads it.
+        self.buckets.retain(|_, b| b.until >= now);
     }
 
     fn load(&self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
@@ -631,7 +632,8 @@ mod bucket {
     pub(super) struct Stored {
         debt: u64,
         at: u64,
-        /// When the debt is paid off (the bucket is full): the state is gone then.
+        /// The expiry the Redis key gets: when the debt is paid off at the writer's
+        /// limit (the bucket is full). The state is held through this ms, gone after it.
         pub(super) until: u64,
     }
 
@@ -654,11 +656,20 @@ mod bucket {
     }
 
     pub(super) fn load(state: &State, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
-        // Past `until` the state is gone, as a Redis key past its expiry.
+        // Past `until` the state is gone, as a Redis key past its expiry. Redis keeps a key
+        // through the ms of its expiry (it expires when the clock is *past* it), so the
+        // state is still read at `now == until`. Under the writer's limit that changes
+        // nothing (the debt is paid off by then), but a counter of the same key and window
+        // with a lower limit still finds debt there, in Redis and so here too: the bucket's
+        // state is the key's (docs/counter-store.md §4: "expires when the bucket is full
+        // again"; docs/algorithms.md: a changed limit applies to the existing state).
+        // Dropping it one ms early made a dry run read a full bucket where Redis read an
+        // empty one, whenever it ran exactly at the expiry ms (likeliest in a coalesced call
+        // right after the one that wrote it).
         let debt = state
             .buckets
             .get(slot)
-            .filter(|b| b.until > now)
+            .filter(|b| b.until >= now)
             .map_or(0, |b| drain(b.debt, now.saturating_sub(b.at), op.limit));
         Sim {
             stored: debt,
@@ -909,6 +920,46 @@ mod tests {
         clock.advance_ms(120_000);
         store.apply_now(&[op("c", 10, 1)], false).unwrap();
         assert_eq!(store.len(), 1);
+    }
+
+    /// A bucket's state lives as long as its Redis key would: through the ms of its expiry,
+    /// gone after it. Only a counter of the same key and window with a lower limit than the
+    /// writer's can tell (at the writer's limit the debt is paid off by then), and the
+    /// differential test saw it do so on a real Redis.
+    #[test]
+    fn a_bucket_is_held_through_its_expiry_ms_as_a_redis_key_is() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let bucket = |limit, hits| CounterOp {
+            algorithm: Algorithm::TokenBucket,
+            window_secs: 1,
+            capacity: 4,
+            ..op("b", limit, hits)
+        };
+        let fast = u64::from(u32::MAX);
+        // Emptied at a limit that refills it within 1 ms: expiry 1 ms later.
+        assert!(
+            store
+                .apply_now(&[bucket(fast, 4)], false)
+                .unwrap()
+                .committed
+        );
+        clock.advance_ms(1);
+        // At limit 4, 1 ms pays back 4/1000 of a token: still empty, in that ms.
+        let out = store.apply_now(&[bucket(4, 1)], true).unwrap();
+        assert_eq!(
+            (
+                out.states[0].before,
+                out.states[0].remaining,
+                out.states[0].over
+            ),
+            (4, 0, true),
+            "the state is still held at its expiry ms"
+        );
+        // Swept or not, it is gone the ms after.
+        clock.advance_ms(1);
+        let out = store.apply_now(&[bucket(4, 1)], true).unwrap();
+        assert_eq!((out.states[0].before, out.states[0].remaining), (0, 4));
     }
 
     #[test]
