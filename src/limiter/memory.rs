@@ -274,8 +274,7 @@ impl State {
             Slot::Log(_, win) => log.newest().is_some_and(|t| t.saturating_add(*win) > now),
             _ => false,
         });
-        // Held through `until` itself, as `bucket::load` reads it.
-        self.buckets.retain(|_, b| b.until >= now);
+        self.buckets.retain(|_, b| b.is_held_at(now));
     }
 
     fn load(&self, slot: &Slot, op: &CounterOp, now: u64) -> Sim {
@@ -634,7 +633,16 @@ mod bucket {
         at: u64,
         /// The expiry the Redis key gets: when the debt is paid off at the writer's
         /// limit (the bucket is full). The state is held through this ms, gone after it.
-        pub(super) until: u64,
+        until: u64,
+    }
+
+    impl Stored {
+        /// Whether the state is still there at `now`: through `until` itself, as Redis
+        /// keeps a key through the ms of its expiry. The sweep and the reads share it so
+        /// that they cannot disagree on that ms.
+        pub(super) fn is_held_at(&self, now: u64) -> bool {
+            self.until >= now
+        }
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -669,7 +677,7 @@ mod bucket {
         let debt = state
             .buckets
             .get(slot)
-            .filter(|b| b.until >= now)
+            .filter(|b| b.is_held_at(now))
             .map_or(0, |b| drain(b.debt, now.saturating_sub(b.at), op.limit));
         Sim {
             stored: debt,

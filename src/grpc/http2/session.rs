@@ -270,7 +270,8 @@ impl Session {
             frame::goaway(&mut self.out, last, e.reason);
             self.goaway = Some(last);
             self.state = State::Failed;
-        } else if !matches!(self.state, State::Failed) {
+        }
+        if !matches!(self.state, State::Failed) {
             // After a connection error only the GOAWAY may follow (RFC 9113 §5.4.1), on
             // this turn and on any later one.
             self.announce_window();
